@@ -77,7 +77,7 @@ class LLM:
         """One assistant turn for a conversation (OpenAI-style dicts or herd Messages), tools optional."""
         ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format)
         out = generate(self.model, self.tokenizer, ids, params or SamplingParams())
-        return ChatResponse(self.prompter.parse(out), out)
+        return ChatResponse(self.prompter.parse(out, tools_offered=bool(tools)), out)
 
     def stream_chat(
         self,
