@@ -30,7 +30,9 @@ class Detokenizer:
         self.stopped = False
 
     def add(self, token_id: int) -> str:
-        """Feed one token; returns the text that is now safe to show."""
+        """Feed one token; returns the text that is now safe to show (nothing once stopped)."""
+        if self.stopped:
+            return ""
         self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         if self.stop:
             hits = [i for i in (self.text.find(s, max(0, self._emitted - len(s))) for s in self.stop) if i >= 0]

@@ -87,6 +87,40 @@ class KVCache(nn.Module):
         return self.k[layer, :b, :, :end], self.v[layer, :b, :, :end]
 
 
+# ---- attention ------------------------------------------------------------------------
+
+
+def causal_mask(t: int, s: int, start_pos: int, device) -> torch.Tensor | None:
+    """(T, S) bool mask: query i (at position start_pos + i) sees keys j <= start_pos + i."""
+    if t == 1:
+        return None  # one new token sees every cached one
+    qpos = torch.arange(start_pos, start_pos + t, device=device)
+    return torch.arange(s, device=device)[None, :] <= qpos[:, None]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+    """Causal GQA attention: q (B, H, T, hd) over k/v (B, Hkv, S, hd) with S = start_pos + T."""
+    b, h, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    rep = h // hkv
+    if q.device.type == "cpu" and t <= 16:
+        # few queries (decode): plain matmuls beat the CPU SDPA kernel ~50x, and grouping the
+        # query heads of each KV head avoids materialising repeated K/V
+        qg = q.reshape(b, hkv, rep * t, d)  # rows ordered (head in group, query)
+        scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (B, Hkv, rep*T, S)
+        mask = causal_mask(t, s, start_pos, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.repeat(rep, 1), float("-inf"))
+        out = torch.softmax(scores, dim=-1).type_as(q) @ v  # (B, Hkv, rep*T, hd)
+        return out.view(b, h, t, d)
+    if rep > 1:  # repeat-interleave KV heads for their query groups
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    if s == t:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t, s, start_pos, q.device))
+
+
 # ---- blocks ---------------------------------------------------------------------------
 
 
@@ -115,21 +149,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_id, start_pos, k, v)  # (B, Hkv, start+T, hd)
-        s = k.shape[2]
-        if t == 1:
-            mask, causal = None, False  # one new token sees every cached one
-        elif s == t:
-            mask, causal = None, True
-        else:  # a chunk after cached tokens: query i sees keys j <= start_pos + i
-            qpos = torch.arange(start_pos, start_pos + t, device=x.device)
-            mask = torch.arange(s, device=x.device)[None, :] <= qpos[:, None]  # (T, S)
-            causal = False
-        gqa = self.n_heads != self.n_kv_heads
-        if gqa:  # repeat-interleave KV heads for query groups
-            rep = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        out = attention(q, k, v, start_pos)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, H*hd) -> (B, T, dim)
 
 
