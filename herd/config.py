@@ -83,7 +83,16 @@ class ModelArgs:
         """From a Meta `params.json` dict (unknown keys such as quantization_args ignored)."""
         scaling = None
         if params.get("use_scaled_rope"):
-            scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", 8.0)))
+            d = RopeScaling()
+            scaling = RopeScaling(
+                factor=float(params.get("rope_scaling_factor", 8.0)),
+                # herd-only keys, written by to_meta_params when they differ from Meta's constants
+                low_freq_factor=float(params.get("rope_scaling_low_freq_factor", d.low_freq_factor)),
+                high_freq_factor=float(params.get("rope_scaling_high_freq_factor", d.high_freq_factor)),
+                original_max_position_embeddings=int(
+                    params.get("rope_scaling_original_max_position_embeddings", d.original_max_position_embeddings)
+                ),
+            )
         return cls(
             dim=params["dim"],
             n_layers=params["n_layers"],
@@ -95,6 +104,8 @@ class ModelArgs:
             norm_eps=params.get("norm_eps", 1e-5),
             rope_theta=params.get("rope_theta", 500000.0),
             rope_scaling=scaling,
+            hidden_dim=params.get("hidden_dim"),
+            head_dim=params.get("head_dim"),
             tie_embeddings=params.get("tie_embeddings", False),
         )
 
@@ -114,6 +125,10 @@ class ModelArgs:
         }
         if self.rope_scaling is not None:
             p["rope_scaling_factor"] = self.rope_scaling.factor
+            d = RopeScaling()
+            for f in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if getattr(self.rope_scaling, f) != getattr(d, f):
+                    p[f"rope_scaling_{f}"] = getattr(self.rope_scaling, f)
         if self.tie_embeddings:
             p["tie_embeddings"] = True
         if self.head_dim is not None and self.head_dim != self.dim // self.n_heads:
@@ -133,9 +148,12 @@ class ModelArgs:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise HerdError(f"unsupported hidden_act {act!r} (Llama uses 'silu')")
-        rs = cfg.get("rope_scaling")
+        # transformers >= 5 writes `rope_parameters` (rope_theta inside it); older ones write
+        # top-level `rope_theta` and `rope_scaling`
+        rp = cfg.get("rope_parameters") or {}
+        rs = rp or cfg.get("rope_scaling")
         scaling = None
-        if rs:
+        if rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
             kind = rs.get("rope_type", rs.get("type"))
             if kind != "llama3":
                 raise HerdError(f"unsupported rope_scaling type {kind!r} (only 'llama3')")
@@ -156,7 +174,7 @@ class ModelArgs:
             hidden_dim=cfg["intermediate_size"],
             head_dim=head_dim if head_dim and head_dim != dim // n_heads else None,
             norm_eps=cfg.get("rms_norm_eps", 1e-5),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", 10000.0))),
             rope_scaling=scaling,
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_seq_len=int(cfg.get("max_position_embeddings", 131072)),
@@ -242,3 +260,28 @@ def read_json(path: Path) -> dict[str, Any]:
         raise HerdError(f"{path}: expected a JSON object")
     return data
 
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Inference engine settings (continuous batching over a paged KV cache)."""
+
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = None  # explicit KV pool size; else sized from kv_cache_memory
+    kv_cache_memory: int | None = None  # bytes for the KV pool; None: kv_cache_fraction of free memory
+    kv_cache_fraction: float = 0.25
+    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
+    max_num_seqs: int = 64  # most sequences running at once
+    long_prefill_token_threshold: int = 0  # cap one prompt's chunk per step (0: budget only)
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # prompt + output cap; None: the model's context length
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise HerdError(f"block_size must be a power of two, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 2:
+            raise HerdError(f"num_blocks must be >= 2, got {self.num_blocks}")
+        if not 0 < self.kv_cache_fraction <= 0.95:
+            raise HerdError(f"kv_cache_fraction must be in (0, 0.95], got {self.kv_cache_fraction}")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise HerdError("max_num_batched_tokens and max_num_seqs must be >= 1")

@@ -42,7 +42,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             messages.insert(0, {"role": "system", "content": args.system})
         events = llm.stream_chat(messages, params)
     for ev in events:
-        sys.stdout.write(ev.text_delta)
+        sys.stdout.write(ev.delta_text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -74,8 +74,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history.append({"role": "user", "content": text})
         reply = []
         for ev in llm.stream_chat(history, params):
-            reply.append(ev.text_delta)
-            sys.stdout.write(ev.text_delta)
+            reply.append(ev.delta_text)
+            sys.stdout.write(ev.delta_text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -1,8 +1,10 @@
-"""The offline Python API: `LLM(model).generate(prompts, params)` and `LLM(model).chat(messages)`."""
+"""LLMEngine: step() = schedule → run → update. LLM: the offline batch API on top of it."""
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,23 +12,240 @@ import torch
 from tqdm.auto import tqdm
 
 from herd import hub
-from herd.engine.generate import StepEvent, generate, stream_generate
-from herd.engine.request import CompletionOutput, SamplingParams
+from herd.config import EngineConfig
+from herd.engine.generate import Detokenizer
+from herd.engine.kv_cache import KVCacheManager, cdiv
+from herd.engine.request import CompletionOutput, Request, RequestOutput, RequestStatus, SamplingParams
+from herd.engine.runner import ModelRunner, PagedKVCache
+from herd.engine.sampling import SamplingBatch, sample_batch
+from herd.engine.scheduler import Scheduler
+from herd.errors import HerdError
+from herd.model.llama import Transformer
 from herd.tokenizer.prompter import Prompter
+from herd.tokenizer.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
-class ChatResponse:
-    """An assistant reply: the parsed message (content, tool_calls, stop_reason) and the raw output."""
+class _Seq:
+    """Engine-side state of one sequence (one of a request's n completions)."""
 
-    message: Any  # herd.tokenizer.chat_format.Message
-    output: CompletionOutput
+    group: str
+    request: Request
+    out: CompletionOutput
+    detok: Detokenizer
+    generator: torch.Generator | None
+    matcher: Any = None  # structured.GrammarMatcher
+
+
+@dataclass
+class _Group:
+    request_id: str
+    prompt_ids: list[int]
+    seq_ids: list[str] = field(default_factory=list)
+    finished: bool = False
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on the device (CUDA: free HBM; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+class LLMEngine:
+    """Continuous batching over a paged KV cache with prefix caching and chunked prefill."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: EngineConfig | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config = config or EngineConfig()
+        self.device = model.tok_embeddings.weight.device
+        self.max_model_len = min(config.max_model_len or model.args.max_seq_len, model.args.max_seq_len)
+        num_blocks = config.num_blocks or self._blocks_for_memory()
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv, config.max_num_batched_tokens, config.max_num_seqs,
+            config.long_prefill_token_threshold, tokenizer.stop_ids, self.max_model_len,
+        )
+        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.seqs: dict[str, _Seq] = {}
+        self.groups: dict[str, _Group] = {}
+        self._grammars = None
+        self._ids = itertools.count()
+
+    def _blocks_for_memory(self) -> int:
+        c = self.config
+        per_block = PagedKVCache.bytes_per_block(self.model, c.block_size, self.model.tok_embeddings.weight.dtype)
+        budget = c.kv_cache_memory or int(available_memory(self.device) * c.kv_cache_fraction)
+        # never more than every sequence at full length needs
+        most = c.max_num_seqs * cdiv(self.max_model_len, c.block_size) + 1
+        blocks = min(budget // per_block, most)
+        if blocks < 2:
+            raise HerdError(f"KV cache memory {budget} bytes holds no block ({per_block} bytes per block)")
+        return int(blocks)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+    ) -> str:
+        """Queue a request (n sequences when params.n > 1); returns its id."""
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.groups:
+            raise HerdError(f"request id {request_id!r} is already in use")
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise HerdError("the prompt is empty")
+        if len(prompt) >= self.max_model_len:
+            raise HerdError(f"the prompt has {len(prompt)} tokens; the model's context is {self.max_model_len}")
+        grammar = self._compile(params.response_format)
+        group = _Group(request_id, prompt)
+        added: list[str] = []
+        try:
+            for i in range(params.n):
+                seq_id = request_id if params.n == 1 else f"{request_id}#{i}"
+                p = params if params.seed is None or i == 0 else params.replace(seed=params.seed + i)
+                gen = None
+                if p.seed is not None:
+                    gen = torch.Generator(device=self.device).manual_seed(p.seed)
+                req = Request(seq_id, prompt, p, priority=priority)
+                self.scheduler.add_request(req)
+                added.append(seq_id)
+                out = CompletionOutput(prompt, index=i, logprobs=[] if p.logprobs is not None else None)
+                matcher = grammar.matcher() if grammar is not None else None
+                self.seqs[seq_id] = _Seq(request_id, req, out, Detokenizer(self.tokenizer, p.stop), gen, matcher)
+                group.seq_ids.append(seq_id)
+        except HerdError:
+            self.scheduler.abort(added)
+            for s in added:
+                self.seqs.pop(s, None)
+            raise
+        self.groups[request_id] = group
+        return request_id
+
+    def _compile(self, response_format: Any):
+        if response_format is None:
+            return None
+        from herd.engine.structured import GrammarCompiler, ResponseFormat
+
+        if not isinstance(response_format, ResponseFormat):
+            response_format = ResponseFormat.from_openai(response_format)
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer)
+        return self._grammars.compile(response_format)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now; its KV blocks go back to the pool."""
+        group = self.groups.pop(request_id, None)
+        if group is None:
+            return
+        self.scheduler.abort(group.seq_ids)
+        for sid in group.seq_ids:
+            self.seqs.pop(sid, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.groups)
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one forward pass, sample, update; outputs of the requests that advanced."""
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            return []
+        logits, ids = self.runner.execute(sched)
+        seqs = [self.seqs[i] for i in ids]
+        tokens, chosen, top = self._sample(logits, seqs)
+        token_list = tokens.tolist()
+        sampled = {i: [t] for i, t in zip(ids, token_list)}
+        for s, t in zip(seqs, token_list):
+            s.out.delta_text, s.out.delta_token_ids = "", []
+        finished = {r.request_id for r in self.scheduler.update_from_output(sched, sampled)}
+        touched: dict[str, None] = {}
+        for row, (s, t) in enumerate(zip(seqs, token_list)):
+            self._advance(s, t, row, chosen, top, finished)
+            touched[s.group] = None
+        return [self._group_output(g) for g in touched]
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Seq]):
+        batch = SamplingBatch(
+            [s.request.sampling_params for s in seqs],
+            [s.generator for s in seqs],
+            prompt_ids=[s.request.prompt_token_ids for s in seqs],
+            output_ids=[s.request.output_token_ids for s in seqs],
+        )
+        constrained = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if constrained:
+            from herd.engine.structured import apply_masks, fill_masks
+
+            masks = self._grammars.allocate_masks(len(constrained))
+            fill_masks([seqs[i].matcher for i in constrained], masks)
+            apply_masks(logits, masks, constrained)
+        return sample_batch(logits, batch)
+
+    def _advance(self, s: _Seq, token: int, row: int, chosen, top, finished: set[str]) -> None:
+        req, out = s.request, s.out
+        out.token_ids.append(token)
+        out.delta_token_ids.append(token)
+        if s.matcher is not None:
+            s.matcher.accept(token)
+        if out.logprobs is not None:
+            k = req.sampling_params.logprobs or 0
+            entry = {token: float(chosen[row])}
+            if k and top is not None:
+                entry.update(zip(top[1][row, :k].tolist(), top[0][row, :k].tolist()))
+            out.logprobs.append(entry)
+        stopped_by_token = req.status == RequestStatus.FINISHED_STOPPED and req.stop_reason == token
+        if not stopped_by_token:
+            out.delta_text += s.detok.add(token)
+            if s.detok.stopped and not req.is_finished():
+                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED, s.detok.stop_hit)
+        if req.is_finished():
+            if not s.detok.stopped:
+                out.delta_text += s.detok.finish()
+            out.finish_reason = req.finish_reason
+            out.stop_reason = req.stop_reason
+            out.stop_token_id = token if stopped_by_token else None
+        out.text = s.detok.text
+
+    def _group_output(self, gid: str) -> RequestOutput:
+        group = self.groups[gid]
+        outs = [self.seqs[s].out for s in group.seq_ids]
+        done = all(o.finish_reason is not None for o in outs)
+        first = self.seqs[group.seq_ids[0]].request
+        result = RequestOutput(gid, group.prompt_ids, outs, done, first.num_cached_tokens)
+        if done:  # the engine forgets finished requests once reported
+            del self.groups[gid]
+            for s in group.seq_ids:
+                del self.seqs[s]
+        return result
+
+    def run(self, use_tqdm: bool = False) -> Iterator[RequestOutput]:
+        """Step until every queued request is finished, yielding each step's outputs."""
+        while self.has_unfinished_requests():
+            yield from self.step()
 
 
 class LLM:
-    """A loaded model with its tokenizer and prompt format."""
+    """A loaded model with its tokenizer, prompt format and engine: the offline Python API."""
 
     def __init__(
         self,
@@ -35,12 +254,16 @@ class LLM:
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         seed: int = 0,
+        engine_config: EngineConfig | None = None,
     ):
         if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise HerdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
             dtype = DTYPES[dtype]
         self.ref = hub.resolve(model)
         self.model, self.tokenizer = hub.load(self.ref, dtype=dtype, device=device, seed=seed)
         self.prompter = Prompter(self.tokenizer)
+        self.engine = LLMEngine(self.model, self.tokenizer, engine_config)
 
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
         """A raw prompt to ids: text gets BOS when the tokenizer wants it; ids pass through."""
@@ -51,20 +274,49 @@ class LLM:
     def generate(
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
-        params: SamplingParams | None = None,
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         use_tqdm: bool = True,
-    ) -> list[CompletionOutput]:
-        """Complete raw prompts (text or token ids); one output per prompt, in order."""
-        params = params or SamplingParams()
+    ) -> list[RequestOutput]:
+        """Complete raw prompts (text or token ids), all batched together; outputs in prompt order."""
         single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
         batch = [prompts] if single else list(prompts)
-        bar = tqdm(batch, desc="generating", unit="prompt", disable=not use_tqdm or len(batch) < 2)
-        return [generate(self.model, self.tokenizer, self.encode(p), params) for p in bar]
+        plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(batch)
+        if len(plist) != len(batch):
+            raise HerdError(f"{len(plist)} sampling params for {len(batch)} prompts")
+        return self._run([self.encode(p) for p in batch], plist, use_tqdm)
 
-    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Iterator[StepEvent]:
-        """Stream one raw prompt token by token."""
-        yield from stream_generate(self.model, self.tokenizer, self.encode(prompt), params or SamplingParams())
+    def _run(self, prompt_ids: list[list[int]], plist: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        ids = []
+        try:
+            for p, sp in zip(prompt_ids, plist):
+                ids.append(self.engine.add_request(None, p, sp))
+            results: dict[str, RequestOutput] = {}
+            with tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm or len(ids) < 2) as bar:
+                for out in self.engine.run():
+                    if out.finished:
+                        results[out.request_id] = out
+                        bar.update(1)
+        finally:  # an exception (or Ctrl-C) must not leave requests holding KV blocks
+            for i in ids:
+                self.engine.abort(i)
+        return [results[i] for i in ids]
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Iterator[CompletionOutput]:
+        """Stream one raw prompt: yields the output after each step (see delta_text)."""
+        yield from self._stream(self.encode(prompt), params or SamplingParams())
+
+    def _stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[CompletionOutput]:
+        rid = self.engine.add_request(None, prompt_ids, params.replace(n=1))
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.request_id == rid:
+                        yield out.outputs[0]
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort(rid)
 
     def chat(
         self,
@@ -73,10 +325,12 @@ class LLM:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         tool_prompt_format: str = "json",
-    ) -> ChatResponse:
+        tool_choice: str = "auto",
+    ) -> "ChatResponse":
         """One assistant turn for a conversation (OpenAI-style dicts or herd Messages), tools optional."""
-        ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format)
-        out = generate(self.model, self.tokenizer, ids, params or SamplingParams())
+        ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format,
+                                   tool_choice=tool_choice)
+        out = self._run([ids], [(params or SamplingParams()).replace(n=1)], False)[0].outputs[0]
         return ChatResponse(self.prompter.parse(out, tools_offered=bool(tools)), out)
 
     def stream_chat(
@@ -86,7 +340,15 @@ class LLM:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         tool_prompt_format: str = "json",
-    ) -> Iterator[StepEvent]:
-        """Stream one assistant turn's text as it is generated."""
+    ) -> Iterator[CompletionOutput]:
+        """Stream one assistant turn (see delta_text of each yielded output)."""
         ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format)
-        yield from stream_generate(self.model, self.tokenizer, ids, params or SamplingParams())
+        yield from self._stream(ids, params or SamplingParams())
+
+
+@dataclass
+class ChatResponse:
+    """An assistant reply: the parsed message (content, tool_calls, stop_reason) and the raw output."""
+
+    message: Any  # herd.tokenizer.chat_format.Message
+    output: CompletionOutput

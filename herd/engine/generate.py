@@ -28,6 +28,7 @@ class Detokenizer:
         self.text = ""  # all text decoded so far (stop string cut off once found)
         self._emitted = 0
         self.stopped = False
+        self.stop_hit: str | None = None  # the stop string that ended the text
 
     def add(self, token_id: int) -> str:
         """Feed one token; returns the text that is now safe to show (nothing once stopped)."""
@@ -35,9 +36,10 @@ class Detokenizer:
             return ""
         self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         if self.stop:
-            hits = [i for i in (self.text.find(s, max(0, self._emitted - len(s))) for s in self.stop) if i >= 0]
+            hits = [(i, s) for s in self.stop if (i := self.text.find(s, max(0, self._emitted - len(s)))) >= 0]
             if hits:
-                self.text, self.stopped = self.text[: min(hits)], True
+                at, self.stop_hit = min(hits)
+                self.text, self.stopped = self.text[:at], True
                 return self._flush(len(self.text))
             hold = max(len(s) for s in self.stop) - 1
             return self._flush(max(self._emitted, len(self.text) - hold))

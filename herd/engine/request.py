@@ -1,55 +1,108 @@
-"""What a caller asks for (SamplingParams) and what it gets back (CompletionOutput)."""
+"""What a caller asks for (SamplingParams), what it gets back (RequestOutput), and the engine's Request."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from herd.errors import HerdError
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off."""
+    """How to pick tokens. temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 turn those off."""
 
     max_tokens: int = 256
     temperature: float = 0.6
     top_p: float = 0.9
     top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's end-of-turn ids
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in prompt or output (CTRL style)
+    frequency_penalty: float = 0.0  # OpenAI: minus penalty x count in the output
+    presence_penalty: float = 0.0  # OpenAI: minus penalty once a token appeared in the output
+    seed: int | None = None  # per-request: the same samples whatever else is in the batch
+    stop: tuple[str, ...] = ()  # stop strings, matched on the text, never part of the output
+    stop_token_ids: tuple[int, ...] | None = None  # extra stop ids besides the tokenizer's
     ignore_eos: bool = False
+    n: int = 1  # completions per prompt
+    logprobs: int | None = None  # return the chosen token's logprob and this many alternatives
+    response_format: Any = None  # herd.engine.structured.ResponseFormat: JSON schema, regex, choice
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise HerdError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise HerdError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise HerdError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise HerdError(f"top_k must be >= 0, got {self.top_k}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        else:
-            object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not s for s in self.stop):
-            raise HerdError("stop strings must be non-empty")
+        checks = [
+            (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (self.n >= 1, f"n must be >= 1, got {self.n}"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HerdError(message)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise HerdError("stop strings must be non-empty strings")
         if self.stop_token_ids is not None:
-            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+            object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in self.stop_token_ids))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **kw: Any) -> "SamplingParams":
+        return dataclasses.replace(self, **kw)
 
 
 @dataclass
 class CompletionOutput:
-    """One finished generation."""
+    """One generated sequence (cumulative), with what this step added (delta_*)."""
 
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included
     text: str = ""  # detokenized output, stop token and stop string excluded
-    finish_reason: str | None = None  # "stop" (stop token or string) or "length"
+    finish_reason: str | None = None  # "stop" (stop token or string), "length" or "abort"
     stop_token_id: int | None = None  # the stop token that ended it, if any
+    stop_reason: int | str | None = None  # the stop token id or stop string, vLLM-style
+    index: int = 0  # which of the n completions
+    logprobs: list[dict[int, float]] | None = None  # per token: {chosen and top alternatives: logprob}
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    """All completions of one request; `text`/`token_ids` are the first one's for convenience."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = False
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[0].finish_reason
 
 
 class RequestStatus(enum.IntEnum):

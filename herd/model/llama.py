@@ -33,7 +33,8 @@ class RMSNorm(nn.Module):
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,), with Llama 3 low/high-frequency scaling if given."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    # always on the CPU: models are built under torch.device("meta") when loading
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device="cpu")[: head_dim // 2].float() / head_dim))
     if scaling is None:
         return freqs
     low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
@@ -67,7 +68,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache(nn.Module):
-    """A contiguous per-layer K/V buffer (B, n_kv_heads, max_seq_len, head_dim)."""
+    """A contiguous per-layer K/V buffer (B, n_kv_heads, max_seq_len, head_dim).
+
+    Any object with the same `attend` method can stand in (the engine's paged cache does)."""
 
     def __init__(self, args: ModelArgs, batch: int, max_seq_len: int, dtype: torch.dtype, device=None):
         super().__init__()
@@ -76,15 +79,15 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.max_seq_len = max_seq_len
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v (B, Hkv, T, hd) at positions [start, start+T); return K/V up to start+T."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """Store k/v (B, Hkv, T, hd) at positions [start, start+T), then attend q over all of it."""
         end = start + k.shape[2]
         if end > self.max_seq_len:
             raise ValueError(f"KV cache holds {self.max_seq_len} positions; asked for {end}")
         b = k.shape[0]
         self.k[layer, :b, :, start:end] = k
         self.v[layer, :b, :, start:end] = v
-        return self.k[layer, :b, :, :end], self.v[layer, :b, :, :end]
+        return attention(q, self.k[layer, :b, :, :end], self.v[layer, :b, :, :end], start)
 
 
 # ---- attention ------------------------------------------------------------------------
@@ -148,8 +151,9 @@ class Attention(nn.Module):
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_id, start_pos, k, v)  # (B, Hkv, start+T, hd)
-        out = attention(q, k, v, start_pos)
+            out = cache.attend(self.layer_id, q, k, v, start_pos)  # (B, H, T, hd)
+        else:
+            out = attention(q, k, v, 0)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, H*hd) -> (B, T, dim)
 
 
@@ -206,13 +210,27 @@ class Transformer(nn.Module):
         """Logits (B, T, vocab) in fp32 for tokens (B, T) at positions start_pos.. (B, 1, V) if last_only."""
         t = tokens.shape[1]
         positions = torch.arange(start_pos, start_pos + t, device=tokens.device)
+        h = self.hidden(tokens, positions, start_pos, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()
+
+    def forward_flat(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache, logits_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (M, vocab) for a flattened batch: tokens/positions (N,) of many sequences packed
+        together; the paged `cache` knows which sequence each token belongs to; logits_idx (M,)
+        picks the rows to project (one per sequence that samples)."""
+        h = self.hidden(tokens[None], positions, 0, cache)[0]  # (N, dim)
+        return self.output(self.norm(h[logits_idx])).float()
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, start_pos: int, cache) -> torch.Tensor:
+        """The last block's output (B, T, dim) before the final norm."""
         cos, sin = rope_cos_sin(self.rope_freqs(tokens.device), positions)  # (T, hd/2)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, start_pos, cache)
-        if last_only:
-            h = h[:, -1:]
-        return self.output(self.norm(h)).float()
+        return h
 
     def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
         """A KV cache on the model's device and dtype."""

@@ -38,7 +38,7 @@ def test_chat_stops_at_end_of_turn_token(smollm):
 
 def test_stream_concatenation_equals_output(smollm):
     params = SamplingParams(temperature=0.8, top_p=0.95, seed=11, max_tokens=24)
-    streamed = "".join(ev.text_delta for ev in smollm.stream("Once upon a time", params))
+    streamed = "".join(ev.delta_text for ev in smollm.stream("Once upon a time", params))
     assert streamed == smollm.generate("Once upon a time", params, use_tqdm=False)[0].text
 
 
@@ -59,7 +59,7 @@ def test_stop_string_is_cut_and_never_leaks(smollm):
                               use_tqdm=False)[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == full[: full.index(" 8")]
-    streamed = "".join(e.text_delta for e in smollm.stream("1, 2, 3, 4, 5,", SamplingParams(
+    streamed = "".join(e.delta_text for e in smollm.stream("1, 2, 3, 4, 5,", SamplingParams(
         temperature=0, max_tokens=48, stop=[" 8"])))
     assert streamed == stopped.text
 

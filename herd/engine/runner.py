@@ -1,0 +1,130 @@
+"""Scheduled batch → tensors → one forward pass → next tokens. The engine's only device code.
+
+The KV cache is paged: per layer one tensor of `num_blocks * block_size` slots, (slots, Hkv, hd).
+A request's block table maps its positions to slots; attention reads K/V through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from herd.engine.scheduler import SchedulerOutput
+from herd.model.llama import Transformer, attention
+
+
+@dataclass
+class _Prefill:
+    q_start: int  # first row of this request in the flattened batch
+    q_len: int
+    slots: torch.Tensor  # (S,) cache slots of positions 0..S-1 (S = start + q_len)
+
+
+class PagedKVCache:
+    """Paged K/V tensors plus the per-step view (which tokens go where, who attends to what)."""
+
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int):
+        a = model.args
+        w = model.tok_embeddings.weight
+        shape = (a.n_layers, num_blocks * block_size, a.kv_heads, a.hd)
+        self.k = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        self.v = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        self.block_size = block_size
+        self.device = w.device
+
+    @staticmethod
+    def bytes_per_block(model: Transformer, block_size: int, dtype: torch.dtype) -> int:
+        a = model.args
+        return 2 * a.n_layers * block_size * a.kv_heads * a.hd * torch.empty(0, dtype=dtype).element_size()
+
+    def slots_for(self, block_ids: list[int], start: int, end: int) -> torch.Tensor:
+        """Cache slots of positions [start, end) for a block table."""
+        pos = torch.arange(start, end)
+        table = torch.as_tensor(block_ids, dtype=torch.long)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def prepare(self, sched: SchedulerOutput) -> None:
+        """Precompute, once per step, the slot mapping and attention plan shared by all layers."""
+        slot_mapping, self.prefills = [], []
+        dec_rows, dec_slots, dec_lens = [], [], []
+        row = 0
+        for s in sched.scheduled:
+            end = s.start + s.num_new_tokens
+            slots = self.slots_for(s.block_ids, 0, end)
+            slot_mapping.append(slots[s.start :])
+            if s.num_new_tokens == 1:
+                dec_rows.append(row)
+                dec_slots.append(slots)
+                dec_lens.append(end)
+            else:
+                self.prefills.append(_Prefill(row, s.num_new_tokens, slots.to(self.device)))
+            row += s.num_new_tokens
+        self.slot_mapping = torch.cat(slot_mapping).to(self.device)
+        self.n_tokens = row
+        self.dec_rows = torch.tensor(dec_rows, dtype=torch.long, device=self.device)
+        if dec_rows:
+            # decode requests are batched: pad their slot lists to the longest; pad slots point at
+            # the null block 0 and are masked out
+            width = max(dec_lens)
+            padded = torch.zeros(len(dec_rows), width, dtype=torch.long)
+            for i, sl in enumerate(dec_slots):
+                padded[i, : len(sl)] = sl
+            self.dec_slots = padded.to(self.device)
+            lens = torch.tensor(dec_lens, device=self.device)
+            self.dec_valid = torch.arange(width, device=self.device)[None, :] < lens[:, None]  # (Bd, S)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
+        kc, vc = self.k[layer], self.v[layer]
+        kc.index_copy_(0, self.slot_mapping, k[0].transpose(0, 1))  # (N, Hkv, hd) into their slots
+        vc.index_copy_(0, self.slot_mapping, v[0].transpose(0, 1))
+        _, h, n, d = q.shape
+        out = torch.empty_like(q)
+        for p in self.prefills:
+            rows = slice(p.q_start, p.q_start + p.q_len)
+            ks = kc[p.slots].permute(1, 0, 2)[None]  # (1, Hkv, S, hd)
+            vs = vc[p.slots].permute(1, 0, 2)[None]
+            out[:, :, rows] = attention(q[:, :, rows], ks, vs, p.slots.shape[0] - p.q_len)
+        if len(self.dec_rows):
+            out[0, :, self.dec_rows] = self._decode(q[0, :, self.dec_rows], kc, vc).transpose(0, 1)
+        return out
+
+    def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        """One query per request: q (H, Bd, hd) → (Bd, H, hd), over each request's own slots."""
+        h, bd, d = q.shape
+        ks = kc[self.dec_slots]  # (Bd, S, Hkv, hd)
+        vs = vc[self.dec_slots]
+        hkv = ks.shape[2]
+        qg = q.transpose(0, 1).reshape(bd, hkv, h // hkv, d)  # query heads grouped by KV head
+        scores = torch.einsum("bgrd,bsgd->bgrs", qg, ks).float() * d**-0.5  # (Bd, Hkv, rep, S)
+        scores = scores.masked_fill(~self.dec_valid[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).type_as(q)
+        return torch.einsum("bgrs,bsgd->bgrd", probs, vs).reshape(bd, h, d)
+
+
+class ModelRunner:
+    """Runs the model over a SchedulerOutput and returns logits of the rows that sample."""
+
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int):
+        self.model = model
+        self.cache = PagedKVCache(model, num_blocks, block_size)
+        self.device = model.tok_embeddings.weight.device
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[str]]:
+        """Forward every scheduled token; logits (M, V) for the M requests that produce a token."""
+        tokens, positions, logits_rows, sampling_ids = [], [], [], []
+        row = 0
+        for s in sched.scheduled:
+            tokens.extend(s.token_ids)
+            positions.append(torch.arange(s.start, s.start + s.num_new_tokens))
+            row += s.num_new_tokens
+            if s.produces_token:
+                logits_rows.append(row - 1)
+                sampling_ids.append(s.request.request_id)
+        self.cache.prepare(sched)
+        tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        pos = torch.cat(positions).to(self.device)
+        idx = torch.tensor(logits_rows, dtype=torch.long, device=self.device)
+        logits = self.model.forward_flat(tok, pos, self.cache, idx)
+        return logits, sampling_ids
