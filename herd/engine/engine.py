@@ -238,10 +238,18 @@ class LLMEngine:
                 del self.seqs[s]
         return result
 
-    def run(self, use_tqdm: bool = False) -> Iterator[RequestOutput]:
+    def run(self) -> Iterator[RequestOutput]:
         """Step until every queued request is finished, yielding each step's outputs."""
         while self.has_unfinished_requests():
             yield from self.step()
+
+    def run_one(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> list[CompletionOutput]:
+        """Run one request to the end (alongside whatever else is queued); its n completions."""
+        rid = self.add_request(None, prompt_ids, params)
+        for out in self.run():
+            if out.request_id == rid and out.finished:
+                return out.outputs
+        raise RuntimeError("request vanished")  # pragma: no cover - aborted from elsewhere
 
 
 class LLM:

@@ -75,6 +75,7 @@ class Scheduler:
         self.stop_token_ids = frozenset(stop_token_ids)  # the tokenizer's end-of-turn / eos ids
         self.max_model_len = max_model_len  # total tokens (prompt + output) a sequence may reach
         self.requests: dict[str, Request] = {}  # every unfinished request
+        self.num_preemptions_total = 0  # for metrics and tests
         # both queues stay sorted by (priority, arrival, add order): running is served in that
         # order and preempted from its end; a preempted request returns to its place in waiting,
         # which under FCFS is the front, since it arrived before anything never admitted
@@ -184,6 +185,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions_total += 1
         bisect.insort(self.waiting, request, key=self._key)
 
     def schedule(self) -> SchedulerOutput:

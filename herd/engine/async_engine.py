@@ -1,0 +1,133 @@
+"""AsyncLLMEngine: the step loop on a background thread, one async stream per request.
+
+The engine is not thread-safe, so only the loop thread touches it: callers post add/abort
+commands to a queue; outputs come back to each request's asyncio.Queue through the event loop.
+Cancelling a consumer (client disconnect) aborts its request, which frees its KV blocks.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from herd.engine.engine import LLMEngine
+from herd.engine.request import RequestOutput, SamplingParams
+from herd.errors import HerdError
+
+
+@dataclass
+class EngineStats:
+    """A snapshot for /metrics."""
+
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of KV blocks in use
+    num_blocks: int
+
+
+class AsyncLLMEngine:
+    """Serve many concurrent async consumers from one LLMEngine."""
+
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._wake = threading.Event()
+        self._stop = False
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._loop, name="herd-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public -------------------------------------------------------------------------
+
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None, priority: int = 0
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs step by step; the last one has finished=True."""
+        if self._stop:
+            raise HerdError("the engine is shutting down")
+        rid = request_id or f"areq-{next(self._ids)}"
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[rid] = (asyncio.get_running_loop(), q)
+        self._post(("add", rid, list(prompt_ids), params, priority))
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(rid, None)
+            if not finished:  # consumer went away (cancelled / closed): free its blocks
+                self._post(("abort", rid))
+
+    def abort(self, request_id: str) -> None:
+        self._post(("abort", request_id))
+
+    def stats(self) -> EngineStats:
+        s = self.engine.scheduler
+        return EngineStats(s.num_running, s.num_waiting, self.engine.kv.usage, self.engine.kv.num_blocks)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._streams)
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        """Stop the loop thread (callers should drain their streams first)."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # ---- the loop thread ------------------------------------------------------------------
+
+    def _post(self, cmd: tuple) -> None:
+        self._commands.put(cmd)
+        self._wake.set()
+
+    def _deliver(self, rid: str, item: RequestOutput | BaseException) -> None:
+        target = self._streams.get(rid)
+        if target is not None:
+            loop, q = target
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is closed
+                self._commands.put(("abort", rid))
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                _, rid, prompt, params, priority = cmd
+                try:
+                    self.engine.add_request(rid, prompt, params, priority=priority)
+                except HerdError as e:
+                    self._deliver(rid, e)
+            else:
+                self.engine.abort(cmd[1])
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._apply_commands()
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a bug must not hang every consumer: fail them all
+                for rid in list(self.engine.groups):
+                    self.engine.abort(rid)
+                    self._deliver(rid, RuntimeError(f"engine step failed: {e}"))
+                continue
+            for out in outputs:
+                self._deliver(out.request_id, out)
