@@ -101,13 +101,13 @@ def sample_batch(
     return tokens, chosen, (top.values, top.indices) if top is not None else None
 
 
-def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+def _filtered(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature, top-k, top-p and min-p applied: (unnormalised probs, sort index or None)."""
     dev = logits.device
     temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in batch.params], device=dev)
     x = logits / temp[:, None]
     if not (batch.any_top_k or batch.any_top_p or batch.any_min_p):
-        probs = torch.softmax(x, dim=-1)
-        return (probs / _exponential_noise(probs.shape, batch, dev)).argmax(dim=-1)
+        return torch.softmax(x, dim=-1), None
     x, idx = x.sort(dim=-1, descending=True)
     if batch.any_top_k:
         k = torch.tensor([p.top_k or x.shape[-1] for p in batch.params], device=dev)
@@ -116,15 +116,35 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     remove = torch.zeros_like(probs, dtype=torch.bool)
     if batch.any_top_p:
         # drop a token when the mass before it already exceeds top_p; the top token always stays
-        top_p = torch.tensor([p.top_p for p in batch.params], device=dev)
-        remove |= (probs.cumsum(dim=-1) - probs) > top_p[:, None]
+        top_p = torch.tensor([p.top_p for p in batch.params], device=dev)[:, None]
+        # rows with top_p = 1 are left alone (rounding must not drop their tail tokens)
+        remove |= ((probs.cumsum(dim=-1) - probs) > top_p) & (top_p < 1.0)
     if batch.any_min_p:
         min_p = torch.tensor([p.min_p for p in batch.params], device=dev)
         remove |= probs < min_p[:, None] * probs[:, :1]
-    probs = probs.masked_fill(remove, 0.0)
-    # exponential race: argmax(p / E) with E ~ Exp(1) samples i with probability p_i / sum(p)
-    choice = (probs / _exponential_noise(probs.shape, batch, dev)).argmax(dim=-1)
+    return probs.masked_fill(remove, 0.0), idx
+
+
+def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    probs, idx = _filtered(logits, batch)
+    # exponential race: argmax(p / E) with E ~ Exp(1) samples i with probability p_i / sum(p);
+    # the noise is indexed by token id, so a seeded row draws the same token sorted or not
+    noise = _exponential_noise(probs.shape, batch, logits.device)
+    if idx is None:
+        return (probs / noise).argmax(dim=-1)
+    choice = (probs / noise.gather(1, idx)).argmax(dim=-1)
     return idx.gather(1, choice[:, None])[:, 0]
+
+
+def sampling_distribution(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """The distribution (M, V) the sampler draws from, in vocabulary order (for tests and tools)."""
+    logits = logits.float()
+    if batch.any_penalty:
+        logits = apply_penalties(logits, batch)
+    probs, idx = _filtered(logits, batch)
+    if idx is not None:
+        probs = torch.empty_like(probs).scatter_(1, idx, probs)
+    return probs / probs.sum(dim=-1, keepdim=True)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
