@@ -122,8 +122,8 @@ def random_model(args: ModelArgs, *, dtype: torch.dtype, device: torch.device, s
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.device("meta"):
-        model = Transformer(args)
-    model = model.to_empty(device=device).to(dtype)
+        model = Transformer(args).to(dtype)  # on meta: free; memory is taken once, in dtype
+    model = model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
