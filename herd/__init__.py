@@ -11,8 +11,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LLM": "herd.engine.engine",
     "ChatResponse": "herd.engine.engine",
+    "LLMEngine": "herd.engine.engine",
+    "AsyncLLMEngine": "herd.engine.async_engine",
     "SamplingParams": "herd.engine.request",
+    "RequestOutput": "herd.engine.request",
     "CompletionOutput": "herd.engine.request",
+    "EngineConfig": "herd.config",
     "ModelArgs": "herd.config",
     "PRESETS": "herd.config",
     "HerdError": "herd.errors",

@@ -166,6 +166,7 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         """Schedule, run one forward pass, sample, update; outputs of the requests that advanced."""
         sched = self.scheduler.schedule()

@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from herd import hub
+from herd.config import EngineConfig
+from herd.engine.engine import LLMEngine
+from herd.engine.request import SamplingParams
 from herd.engine.structured import (
     GrammarCompiler,
     ResponseFormat,
@@ -44,8 +47,7 @@ PROMPTS = [
     "Write a JSON object describing a student.",
     "Describe yourself in JSON.",
 ]
-SEEDS_PER_PROMPT = 5  # one batched run per prompt: 5 sequences, 5 seeds
-N_FAST_PROMPTS = 2  # 10 generations in the default suite, all 50 with -m slow
+SEEDS_PER_PROMPT = 5  # n=5 seeded samples per prompt, every prompt batched in one engine run
 
 
 @pytest.fixture(scope="module")
@@ -66,81 +68,47 @@ def chatml(tok, user: str) -> list[int]:
     return tok.encode(text, allowed_special="all")
 
 
-@torch.inference_mode()
-def sample_batch(smol, fmt: ResponseFormat, prompt: str, seeds: list[int], max_tokens: int,
-                 temperature: float = 0.8) -> list[str]:
-    """Sample len(seeds) sequences of one prompt in one batch under the grammar; all must hit a stop token."""
-    model, tok, compiler = smol
-    grammar = compiler.compile(fmt)
-    matchers = [grammar.matcher() for _ in seeds]
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    ids = chatml(tok, prompt)
-    cache = model.new_cache(len(seeds), len(ids) + max_tokens + 1)
-    logits = model(torch.tensor([ids] * len(seeds)), 0, cache, last_only=True)[:, -1]
-    masks = compiler.allocate_masks(len(seeds))
-    outs: list[list[int]] = [[] for _ in seeds]
-    done = [False] * len(seeds)
-    pos = len(ids)
-    for _ in range(max_tokens):
-        active = [i for i, d in enumerate(done) if not d]
-        if not active:
-            break
-        fill_masks([matchers[i] for i in active], masks)
-        apply_masks(logits, masks, active)  # finished rows are left unmasked: exercises the row mapping
-        step = []
-        for i in range(len(seeds)):
-            if done[i]:
-                step.append(tok.eos_id)
-                continue
-            probs = torch.softmax(logits[i] / temperature, dim=-1)
-            t = int(torch.multinomial(probs, 1, generator=gens[i]))
-            assert matchers[i].accept(t), (tok.decode(outs[i] + [t]), matchers[i].error)
-            if t in tok.stop_ids:
-                done[i] = True
-            else:
-                outs[i].append(t)
-            step.append(t)
-        logits = model(torch.tensor(step)[:, None], pos, cache)[:, -1]
-        pos += 1
-    assert all(done), f"hit max_tokens: {[tok.decode(o) for o, d in zip(outs, done) if not d]}"
-    return [tok.decode(o) for o in outs]
+def engine_texts(smol, fmt: dict, prompts: list[str], n: int, max_tokens: int, temperature: float = 0.8) -> list[str]:
+    """Generate through the engine, all prompts batched, n seeded samples each; all must end on a stop token."""
+    model, tok, _ = smol
+    engine = LLMEngine(model, tok, EngineConfig(num_blocks=1024, max_num_seqs=64))
+    ids = [engine.add_request(None, chatml(tok, p), SamplingParams(
+        temperature=temperature, top_p=1.0, seed=1000 * k, n=n, max_tokens=max_tokens, response_format=fmt))
+        for k, p in enumerate(prompts)]
+    done = {o.request_id: o for o in engine.run() if o.finished}
+    texts = []
+    for rid in ids:
+        for c in done[rid].outputs:
+            assert c.finish_reason == "stop" and c.stop_token_id in tok.stop_ids, c.text  # ended by the grammar
+            texts.append(c.text)
+    assert engine.kv.num_free_blocks == engine.kv.num_usable_blocks
+    return texts
 
 
-def _json_schema_case(smol, k: int) -> None:
-    fmt = ResponseFormat.from_openai({"type": "json_schema",
-                                      "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
-    texts = sample_batch(smol, fmt, PROMPTS[k], [1000 * k + s for s in range(SEEDS_PER_PROMPT)], max_tokens=160)
+def test_50_json_schema_generations_through_the_engine_parse_and_validate(smol):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    texts = engine_texts(smol, fmt, PROMPTS, SEEDS_PER_PROMPT, max_tokens=160)
+    assert len(texts) == 50
     for text in texts:
         jsonschema.validate(json.loads(text), PERSON)
 
 
-@pytest.mark.parametrize("k", range(N_FAST_PROMPTS))
-def test_json_schema_generations_parse_and_validate(smol, k):
-    _json_schema_case(smol, k)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("k", range(N_FAST_PROMPTS, len(PROMPTS)))
-def test_json_schema_generations_parse_and_validate_all(smol, k):
-    _json_schema_case(smol, k)
-
-
 def test_regex_output_matches(smol):
-    fmt = ResponseFormat.from_openai({"type": "regex", "pattern": r"\d{4}-\d{2}-\d{2}"})
-    for text in sample_batch(smol, fmt, "When did the first moon landing happen? Give the date.", [1, 2, 3], 24):
+    fmt = {"type": "regex", "pattern": r"\d{4}-\d{2}-\d{2}"}
+    for text in engine_texts(smol, fmt, ["When did the first moon landing happen? Give the date."], 3, 24):
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", text), text
 
 
 def test_choice_output_is_one_of_the_choices(smol):
     choices = ["positive", "negative", "neutral"]
-    fmt = ResponseFormat.from_openai({"type": "choice", "choices": choices})
-    for text in sample_batch(smol, fmt, "Sentiment of: 'I loved this movie!'", [4, 5, 6], 8):
+    fmt = {"type": "choice", "choices": choices}
+    for text in engine_texts(smol, fmt, ["Sentiment of: 'I loved this movie!'"], 3, 8):
         assert text in choices
 
 
 def test_json_object_output_parses(smol):
-    fmt = ResponseFormat.from_openai({"type": "json_object"})
-    for text in sample_batch(smol, fmt, "Give the capital of France as JSON with a key 'capital'.", [7, 8], 64):
+    fmt = {"type": "json_object"}
+    for text in engine_texts(smol, fmt, ["Give the capital of France as JSON with a key 'capital'."], 2, 64):
         assert isinstance(json.loads(text), dict)
 
 

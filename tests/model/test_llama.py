@@ -14,7 +14,7 @@ def tiny_args(**kw) -> ModelArgs:
     return ModelArgs(**base)
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2), (torch.float16, 1e-2)])
 def test_cached_decode_equals_full_forward_for_64_steps(dtype, atol):
     torch.manual_seed(0)
     model = Transformer(tiny_args()).to(dtype).eval()
@@ -64,3 +64,10 @@ def test_rope_scaling_bands_for_head_dim_128():
 def test_bfloat16_cast_keeps_rope_frequencies_exact():
     model = Transformer(tiny_args()).to(torch.bfloat16)
     assert model.rope_freqs(torch.device("cpu")).dtype == torch.float32
+
+
+def test_public_api_exports_resolve():
+    import herd
+
+    for name in herd.__all__:
+        assert getattr(herd, name) is not None
