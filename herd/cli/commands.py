@@ -22,12 +22,23 @@ def sampling_params(args: argparse.Namespace):
     )
 
 
+def engine_config(args: argparse.Namespace):
+    from herd.config import EngineConfig
+
+    return EngineConfig(
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+
+
 def load_llm(args: argparse.Namespace):
     from herd.engine.engine import LLM
 
-    params = sampling_params(args)  # validate before the (slow) load
+    params, config = sampling_params(args), engine_config(args)  # validate before the (slow) load
     print(f"loading {args.model or 'smollm2-135m-instruct'} ...", file=sys.stderr, flush=True)
-    return LLM(args.model, dtype=args.dtype, device=args.device), params
+    return LLM(args.model, dtype=args.dtype, device=args.device, engine_config=config), params
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -31,6 +31,13 @@ FILE formats: --messages holds a JSON list of OpenAI-style messages
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): `herd X: error: ...`, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -50,10 +57,35 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="weight dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    add_engine_args(p)
+
+
+def parse_size(text: str) -> int:
+    """'512MiB', '2GiB', '1.5GB', '1000000' -> bytes."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    t = text.strip().lower()
+    num = t.rstrip("abgikm")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MiB, 2GiB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    e = p.add_argument_group("engine")
+    e.add_argument("--kv-cache-memory", type=parse_size, default=None, metavar="SIZE",
+                   help="memory for the paged KV cache, e.g. 2GiB (default: a quarter of free memory)")
+    e.add_argument("--max-model-len", type=int, default=None, metavar="N",
+                   help="cap on prompt + output tokens (default: the model's context length)")
+    e.add_argument("--block-size", type=int, default=16, metavar="N", help="tokens per KV block (default 16)")
+    e.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="herd",
         description="Herd: the Llama 3.1 system — models, prompt format with tools, generation.",
     )
@@ -91,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the built-in models and presets",
                    description="List built-in model names and random:<preset> presets.")
+    from herd.cli.shield import add_shield_parser
+
+    add_shield_parser(sub)
+    from herd.cli.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -103,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from herd.cli import commands
 
-        return getattr(commands, f"cmd_{args.command}")(args)
+        handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+        return handler(args)
     except HerdError as e:
         if args.debug:
             traceback.print_exc()

@@ -110,8 +110,8 @@ class AsyncLLMEngine:
                 _, rid, prompt, params, priority = cmd
                 try:
                     self.engine.add_request(rid, prompt, params, priority=priority)
-                except HerdError as e:
-                    self._deliver(rid, e)
+                except Exception as e:  # any bad request fails alone, never the loop thread
+                    self._deliver(rid, e if isinstance(e, HerdError) else HerdError(f"bad request: {e}"))
             else:
                 self.engine.abort(cmd[1])
 

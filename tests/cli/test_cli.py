@@ -52,6 +52,10 @@ def test_models_lists_builtin_and_presets():
         (["generate", "--prompt", "x", "--temperature", "-1"], ["temperature"]),
         (["generate", "--prompt", "x", "--top-p", "0"], ["top_p"]),
         (["prompt", "--messages", "/no/such.json"], ["/no/such.json", "not found"]),
+        (["generate"], ["--prompt", "required"]),
+        (["generate", "-p", "x", "--kv-cache-memory", "2XB"], ["not a size"]),
+        (["generate", "-p", "x", "--block-size", "3"], ["block_size must be a power of two"]),
+        (["frobnicate"], ["invalid choice"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needles):

@@ -1,0 +1,348 @@
+"""Shields: the `Shield` protocol, results in Llama Stack's shapes, message normalizing, and the registry.
+
+A shield looks at a conversation and returns `ShieldResult(violation=None | SafetyViolation)`,
+the `run-shield` response of Llama Stack; `moderate(texts)` gives one OpenAI moderation result
+per text. The registry builds shields from config entries
+`{shield_id, type: llama-guard|prompt-guard|code-shield, model, params}`, loads them on first
+use, and `check_messages` runs several in turn for chat input/output screening.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from herd.errors import HerdError
+from herd.tokenizer.chat_format import Message, ToolCall, new_call_id
+
+ViolationLevel = Literal["info", "warn", "error"]
+ShieldType = Literal["llama-guard", "prompt-guard", "code-shield"]
+SHIELD_TYPES: tuple[str, ...] = ("llama-guard", "prompt-guard", "code-shield")
+DEFAULT_CODE_SHIELD_ID = "code-shield"
+MessageLike = Message | Mapping[str, Any]
+
+
+@dataclass
+class SafetyViolation:
+    """Llama Stack's SafetyViolation: level, the message to show the user, and metadata (codes, scores)."""
+
+    violation_level: ViolationLevel
+    user_message: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object Llama Stack returns."""
+        return {"violation_level": self.violation_level, "user_message": self.user_message,
+                "metadata": dict(self.metadata)}
+
+
+@dataclass
+class ShieldResult:
+    """Llama Stack's RunShieldResponse: `violation` is None when the content passed."""
+
+    violation: SafetyViolation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"violation": null | {...}}` exactly as `POST /v1/safety/run-shield` returns it."""
+        return {"violation": None if self.violation is None else self.violation.to_dict()}
+
+
+@dataclass
+class ModerationResult:
+    """One OpenAI moderation result (per input text), with Llama Stack's user_message/metadata extras."""
+
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+    user_message: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of `results[i]` in `POST /v1/moderations`."""
+        return {"flagged": self.flagged, "categories": dict(self.categories),
+                "category_scores": dict(self.category_scores),
+                "category_applied_input_types": {k: list(v) for k, v in self.category_applied_input_types.items()},
+                "user_message": self.user_message, "metadata": dict(self.metadata)}
+
+
+@runtime_checkable
+class Shield(Protocol):
+    """What every shield offers: screen a conversation, or moderate plain texts."""
+
+    kind: str  # "llama-guard" | "prompt-guard" | "code-shield"
+
+    def run(self, messages: Sequence[MessageLike]) -> ShieldResult:
+        """Screen a conversation (OpenAI, Llama Stack or herd messages)."""
+        ...
+
+    def moderate(self, texts: Sequence[str]) -> list[ModerationResult]:
+        """One OpenAI moderation result per text."""
+        ...
+
+
+# ---- messages: OpenAI, Llama Stack native, or herd Messages -------------------------------
+
+
+def content_text(content: Any, where: str = "content") -> str:
+    """Interleaved content (str, text/image items, or a list of them) as text; images become '<image>'."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        kind = content.get("type")
+        if kind == "text" and isinstance(content.get("text"), str):
+            return content["text"]
+        if kind in ("image", "image_url", "input_image"):
+            return "<image>"  # as Llama Stack's interleaved_content_as_str
+        raise HerdError(f"{where}: unsupported content item of type {kind!r} (expected text or image)")
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(c, f"{where}[{i}]") for i, c in enumerate(content))
+    raise HerdError(f"{where} must be a string or content items, got {type(content).__name__}")
+
+
+def _tool_call(raw: Any, where: str) -> ToolCall:
+    if not isinstance(raw, Mapping):
+        raise HerdError(f"{where} must be an object")
+    fn = raw.get("function")
+    if isinstance(fn, Mapping):  # OpenAI: {id, type, function: {name, arguments: str}}
+        name, args, call_id = fn.get("name"), fn.get("arguments"), raw.get("id")
+    else:  # Llama Stack: {call_id, tool_name, arguments: dict | str, arguments_json?}
+        name, args, call_id = raw.get("tool_name"), raw.get("arguments"), raw.get("call_id")
+        if args is None and isinstance(raw.get("arguments_json"), str):
+            args = raw["arguments_json"]
+    if not isinstance(name, str) or not name:
+        raise HerdError(f"{where} has no tool name")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            parsed = {"arguments": args}  # keep unparsable arguments as text, still visible to the shields
+        args = parsed if isinstance(parsed, dict) else {"arguments": parsed}
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise HerdError(f"{where}.arguments must be an object or a JSON string")
+    return ToolCall(call_id if isinstance(call_id, str) and call_id else new_call_id(), name, dict(args))
+
+
+def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
+    """OpenAI or Llama Stack (native) message dicts, or herd Messages, as herd Messages; bad input is a HerdError."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise HerdError("messages must be a list of messages")
+    if not messages:
+        raise HerdError("messages must not be empty")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        if not isinstance(m, Mapping):
+            raise HerdError(f"{where} must be an object with 'role' and 'content', got {type(m).__name__}")
+        role = m.get("role")
+        text = content_text(m.get("content"), f"{where}.content")
+        if role in ("system", "developer"):
+            out.append(Message("system", text))
+        elif role == "user":
+            out.append(Message("user", text))
+        elif role == "assistant":
+            calls = m.get("tool_calls") or []
+            if not isinstance(calls, (list, tuple)):
+                raise HerdError(f"{where}.tool_calls must be a list")
+            out.append(Message("assistant", text,
+                               tool_calls=[_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]))
+        elif role in ("tool", "ipython"):
+            call_id = m.get("tool_call_id", m.get("call_id"))
+            out.append(Message("tool", text, call_id=call_id if isinstance(call_id, str) else None))
+        else:
+            raise HerdError(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}")
+    return out
+
+
+def tool_call_text(call: ToolCall) -> str:
+    """A tool call as the text a guard reads: the code of a code_interpreter call, else JSON."""
+    code = call.arguments.get("code")
+    if call.tool_name == "code_interpreter" and isinstance(code, str):
+        return code
+    return json.dumps({"name": call.tool_name, "parameters": call.arguments}, ensure_ascii=False)
+
+
+def message_text(message: Message) -> str:
+    """Everything a message says: its content, then its tool calls (one per line)."""
+    parts = [message.content] if message.content else []
+    parts += [tool_call_text(c) for c in message.tool_calls]
+    return "\n".join(parts)
+
+
+# ---- configuration and registry ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShieldConfig:
+    """One `shields:` entry of the server config."""
+
+    shield_id: str
+    type: str
+    model: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "shield") -> ShieldConfig:
+        """Parse and check one entry; unknown keys and bad types are HerdErrors naming `where`."""
+        if not isinstance(raw, Mapping):
+            raise HerdError(f"{where} must be a mapping with shield_id and type")
+        unknown = set(raw) - {"shield_id", "type", "model", "params"}
+        if unknown:
+            raise HerdError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                            "(allowed: shield_id, type, model, params)")
+        sid, kind, model, params = raw.get("shield_id"), raw.get("type"), raw.get("model"), raw.get("params") or {}
+        if not isinstance(sid, str) or not sid.strip():
+            raise HerdError(f"{where}.shield_id must be a non-empty string")
+        if kind not in SHIELD_TYPES:
+            raise HerdError(f"{where}.type must be one of {', '.join(SHIELD_TYPES)}, got {kind!r}")
+        if model is not None and not isinstance(model, (str, Path)):
+            raise HerdError(f"{where}.model must be a path or model name")
+        if kind in ("llama-guard", "prompt-guard") and model is None:
+            raise HerdError(f"{where}: a {kind} shield needs `model` (the guard checkpoint's path)")
+        if not isinstance(params, Mapping):
+            raise HerdError(f"{where}.params must be a mapping")
+        return cls(sid.strip(), kind, None if model is None else str(model), dict(params))
+
+    def to_resource(self) -> dict[str, Any]:
+        """The Llama Stack `Shield` resource: identifier, provider ids, type, params."""
+        return {"identifier": self.shield_id, "provider_resource_id": self.model or self.type,
+                "provider_id": self.type, "type": "shield", "params": dict(self.params)}
+
+
+def build_shield(config: ShieldConfig) -> Shield:
+    """Construct (and load the weights of) the shield a config entry describes."""
+    if config.type == "llama-guard":
+        from herd.safety.llama_guard import LlamaGuard
+
+        return LlamaGuard.load(config.model, **dict(config.params))
+    if config.type == "prompt-guard":
+        from herd.safety.prompt_guard import PromptGuard
+
+        return PromptGuard.load(config.model, **dict(config.params))
+    from herd.safety.code_shield import CodeShield
+
+    unknown = set(config.params) - {"languages", "min_severity"}
+    if unknown:
+        raise HerdError(f"code-shield: unknown param(s) {', '.join(sorted(unknown))} (allowed: languages, min_severity)")
+    return CodeShield(**dict(config.params))
+
+
+class UnknownShieldError(HerdError):
+    """A shield id that the registry does not hold (HTTP 404); `available` lists the ids it does."""
+
+    def __init__(self, shield_id: str, available: Sequence[str]):
+        self.shield_id, self.available = shield_id, list(available)
+        super().__init__(f"shield {shield_id!r} not found; available shields: {', '.join(available) or '(none)'}")
+
+
+class ShieldRegistry:
+    """Shields by id, built from config and loaded on first use (thread-safe)."""
+
+    def __init__(self, configs: Iterable[ShieldConfig] = (),
+                 builder: Callable[[ShieldConfig], Shield] = build_shield) -> None:
+        self._configs: dict[str, ShieldConfig] = {}
+        for c in configs:
+            if c.shield_id in self._configs:
+                raise HerdError(f"shield id {c.shield_id!r} is declared twice")
+            self._configs[c.shield_id] = c
+        self._shields: dict[str, Shield] = {}
+        self._builder = builder
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, entries: Sequence[Mapping[str, Any]] | None, *, default_code_shield: bool = True,
+                    builder: Callable[[ShieldConfig], Shield] = build_shield) -> ShieldRegistry:
+        """From the config's `shields:` list; adds a `code-shield` (no weights needed) unless one is declared."""
+        if entries is not None and not isinstance(entries, (list, tuple)):
+            raise HerdError("shields must be a list of {shield_id, type, model, params}")
+        configs = [ShieldConfig.from_dict(e, f"shields[{i}]") for i, e in enumerate(entries or [])]
+        if default_code_shield and not any(c.type == "code-shield" for c in configs) \
+                and all(c.shield_id != DEFAULT_CODE_SHIELD_ID for c in configs):
+            configs.append(ShieldConfig(DEFAULT_CODE_SHIELD_ID, "code-shield"))
+        return cls(configs, builder)
+
+    def ids(self) -> list[str]:
+        """The shield ids, in config order."""
+        return list(self._configs)
+
+    def configs(self) -> list[ShieldConfig]:
+        """The config entries, in order."""
+        return list(self._configs.values())
+
+    def config(self, shield_id: str) -> ShieldConfig:
+        """The config of one shield; UnknownShieldError when there is none."""
+        try:
+            return self._configs[shield_id]
+        except KeyError:
+            raise UnknownShieldError(shield_id, self.ids()) from None
+
+    def add(self, config: ShieldConfig, shield: Shield | None = None) -> None:
+        """Declare a shield (optionally already built); an existing id is an error."""
+        with self._lock:
+            if config.shield_id in self._configs:
+                raise HerdError(f"shield id {config.shield_id!r} already exists")
+            self._configs[config.shield_id] = config
+            if shield is not None:
+                self._shields[config.shield_id] = shield
+
+    def get(self, shield_id: str) -> Shield:
+        """The shield, built on first use."""
+        config = self.config(shield_id)
+        with self._lock:
+            if shield_id not in self._shields:
+                self._shields[shield_id] = self._builder(config)
+            return self._shields[shield_id]
+
+    def load_all(self) -> None:
+        """Build every shield now (servers do this at startup so the first request is not slow)."""
+        for sid in self.ids():
+            self.get(sid)
+
+    def run(self, shield_id: str, messages: Sequence[MessageLike]) -> ShieldResult:
+        """Run one shield on a conversation."""
+        return self.get(shield_id).run(messages)
+
+    def check(self, shield_ids: Sequence[str], messages: Sequence[MessageLike]) -> ShieldViolation | None:
+        """Run the named shields in order; the first violation (unknown ids are errors before anything runs)."""
+        for sid in shield_ids:
+            self.config(sid)
+        return check_messages({sid: self.get(sid) for sid in shield_ids}, messages)
+
+
+@dataclass
+class ShieldViolation:
+    """A violation together with the shield that raised it (for chat input/output screening)."""
+
+    shield_id: str
+    violation: SafetyViolation
+
+    @property
+    def user_message(self) -> str:
+        """The text to answer with instead of the model's reply."""
+        return self.violation.user_message or "I can't answer that."
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"shield_id": ..., **violation}` for a response's safety extension field."""
+        return {"shield_id": self.shield_id, **self.violation.to_dict()}
+
+
+def check_messages(shields: Mapping[str, Shield] | Sequence[tuple[str, Shield]],
+                   messages: Sequence[MessageLike]) -> ShieldViolation | None:
+    """Run shields in order on a conversation; the first blocking (level "error") violation, or None."""
+    items = list(shields.items()) if isinstance(shields, Mapping) else list(shields)
+    msgs = as_messages(messages)
+    for sid, shield in items:
+        result = shield.run(msgs)
+        if result.violation is not None and result.violation.violation_level == "error":
+            return ShieldViolation(sid, result.violation)
+    return None

@@ -1,0 +1,265 @@
+"""Chat completions: a request becomes a prompt (via the model's Prompter) and SamplingParams; engine
+outputs become assistant messages with tool calls, streamed as deltas.
+
+Prompt formatting and reply parsing live in herd.tokenizer (Prompter / chat_format); this module only
+decides what to ask for (tool_choice required/named: a JSON-schema grammar over the offered tools) and
+when streamed text may still be a tool call (then it is held back until it parses or cannot).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from herd.engine.request import CompletionOutput, SamplingParams
+from herd.errors import HerdError
+from herd.serve.errors import bad_request
+from herd.serve.generation import (
+    LogprobEntry,
+    Usage,
+    check_budget,
+    generate,
+    new_logprobs,
+    response_format_of,
+    sampling_params,
+)
+from herd.serve.metrics import Metrics
+from herd.serve.models import LLMModel
+from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
+
+# what a reply that is (or may become) a tool call starts with, in the formats herd parses
+TOOL_STARTS = ("<|python_tag|>", "<function=", "<tool_call>", "{", "[")
+_CALL_BODIES = ("{", "[", "<function=", "<tool_call>")
+
+
+@dataclass
+class ChatPlan:
+    """A validated chat request, ready for the engine."""
+
+    model: LLMModel
+    prompt_ids: list[int]
+    params: SamplingParams
+    tools: list[ToolDefinition]
+    parse_tools: bool  # look for tool calls in the reply
+    request_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def tool_names(self) -> set[str]:
+        return {t.tool_name for t in self.tools}
+
+
+def tool_choice_value(choice: Any, tools: Sequence[ToolDefinition]) -> str:
+    """'auto' | 'none' | 'required' | a tool name; naming a tool that was not offered is a 400."""
+    if choice is None:
+        return "auto" if tools else "none"
+    if not isinstance(choice, str):  # {"type": "function", "function": {"name"}}
+        choice = choice.function.name
+    if choice in ("auto", "none"):
+        return choice
+    if not tools:
+        raise bad_request(f"tool_choice {choice!r} needs tools; this request offers none", "tool_choice")
+    if choice != "required" and choice not in {t.tool_name for t in tools}:
+        raise bad_request(f"tool_choice names {choice!r}, which is not among the offered tools "
+                          f"({', '.join(t.tool_name for t in tools)})", "tool_choice")
+    return choice
+
+
+def _params_schema(tool: ToolDefinition) -> dict[str, Any]:
+    if tool.tool_name == "code_interpreter":
+        return {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+    if tool.is_builtin:
+        return {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+    schema = copy.deepcopy(tool.parameters) if tool.parameters else {"type": "object", "properties": {}}
+    schema.setdefault("type", "object")
+    schema.setdefault("additionalProperties", False)  # as OpenAI strict mode: no invented arguments
+    return schema
+
+
+def forced_call_format(kind: str, tools: Sequence[ToolDefinition], choice: str) -> dict[str, Any]:
+    """A json_schema response_format allowing exactly one call of an offered tool (or the named one).
+
+    Llama 3.x: the 3.1 JSON custom-tool call {"type": "function", "name", "parameters"};
+    Jinja-template models: {"name", "arguments"}, the shape their templates and parsers use.
+    """
+    chosen = [t for t in tools if choice == "required" or t.tool_name == choice]
+    options = []
+    for t in chosen:
+        if kind == "llama3":
+            props = {"type": {"const": "function"}, "name": {"const": t.tool_name}, "parameters": _params_schema(t)}
+        else:
+            props = {"name": {"const": t.tool_name}, "arguments": _params_schema(t)}
+        options.append({"type": "object", "properties": props, "required": list(props), "additionalProperties": False})
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+
+
+def plan_chat(
+    model: LLMModel,
+    messages: Sequence[Message | dict[str, Any]],
+    *,
+    tools: Sequence[ToolDefinition | dict[str, Any]] | None,
+    tool_choice: Any,
+    tool_prompt_format: str | None,
+    response_format: dict[str, Any] | None,
+    max_tokens: int | None,
+    max_tokens_param: str,
+    sampling: dict[str, Any],
+    request_id: str,
+) -> ChatPlan:
+    """Render the prompt, pick the grammar, check the context budget: everything before the engine."""
+    from herd.tokenizer.prompter import as_tools
+
+    try:
+        tool_defs = as_tools(list(tools) if tools else None) or []
+    except HerdError as e:
+        raise bad_request(str(e), "tools") from None
+    choice = tool_choice_value(tool_choice, tool_defs)
+    forced = choice not in ("auto", "none")
+    fmt = response_format_of(response_format)
+    if forced:
+        if fmt is not None:
+            raise bad_request("response_format cannot be combined with tool_choice 'required' or a named tool",
+                              "response_format")
+        fmt = response_format_of(forced_call_format(model.prompter.kind, tool_defs, choice))
+    try:
+        _, ids = model.prompter.render(messages, tools=tool_defs or None,
+                                       tool_prompt_format=tool_prompt_format or model.spec.tool_prompt_format,
+                                       tool_choice=choice)
+    except HerdError as e:
+        msg = str(e)
+        raise bad_request(msg, "messages" if "message" in msg else "tools" if "tool" in msg else None) from None
+    max_tokens = check_budget(model, len(ids), max_tokens, max_tokens_param)
+    params = sampling_params(max_tokens=max_tokens, response_format=fmt, **sampling)
+    parse = bool(tool_defs) and choice != "none" and (forced or fmt is None)
+    return ChatPlan(model, ids, params, tool_defs if choice != "none" else [], parse, request_id)
+
+
+@dataclass
+class ChoiceDelta:
+    """What one step adds to one choice: content, newly recognised tool calls, logprobs, the finish."""
+
+    index: int
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    first_call_index: int = 0  # index of tool_calls[0] among the choice's calls
+    logprobs: list[LogprobEntry] = field(default_factory=list)
+    finish_reason: str | None = None  # OpenAI: stop / length / tool_calls
+    stop_reason: str | None = None  # Llama Stack: end_of_turn / end_of_message / out_of_tokens
+
+
+class ChoiceState:
+    """Turns one completion's step outputs into deltas, holding back text that may be a tool call."""
+
+    def __init__(self, plan: ChatPlan, index: int):
+        self.plan, self.index = plan, index
+        self.mode = "undecided" if plan.parse_tools else "text"
+        self.buffer = ""
+        self.calls: list[ToolCall] = []
+        self.logprobs: list[LogprobEntry] = []
+        self.seen = 0
+        self.done = False
+        self.message = Message("assistant", "")
+        self.finish_reason: str | None = None
+
+    def step(self, out: CompletionOutput) -> ChoiceDelta | None:
+        """The delta for this step's output (None when nothing new)."""
+        if self.done or (len(out.token_ids) == self.seen and not out.finished):
+            return None
+        d = ChoiceDelta(self.index, first_call_index=len(self.calls))
+        d.logprobs = new_logprobs(out, self.seen, self.plan.model.tokenizer.stop_ids)
+        self.logprobs += d.logprobs
+        self.seen = len(out.token_ids)
+        text = out.delta_text
+        if self.mode == "text":
+            d.text = text
+        else:
+            self.buffer += text
+            if self.mode == "undecided":
+                self.mode = _classify(self.buffer)
+                if self.mode == "text":
+                    d.text, self.buffer = self.buffer, ""
+            if self.mode == "tool" and any(c in text for c in "}])>"):
+                self._recognise(d)
+        if out.finished:
+            self._finish(out, d)
+        return d
+
+    def _parse(self, output: Any) -> Message:
+        msg = self.plan.model.prompter.parse(output, tools_offered=True)
+        if msg.tool_calls and not all(c.tool_name in self.plan.tool_names for c in msg.tool_calls):
+            return Message("assistant", output.text, stop_reason=msg.stop_reason)  # a call of nothing offered
+        return msg
+
+    def _recognise(self, d: ChoiceDelta) -> None:
+        body = self.buffer.lstrip().removeprefix("<|python_tag|>").lstrip()
+        if not body.startswith(_CALL_BODIES):
+            return  # e.g. code after <|python_tag|>: complete only at the end
+        calls = self._parse(SimpleNamespace(text=self.buffer, token_ids=[], stop_token_id=None,
+                                            finish_reason=None)).tool_calls
+        if len(calls) > len(self.calls):
+            d.tool_calls += calls[len(self.calls):]
+            self.calls += calls[len(self.calls):]
+
+    def _finish(self, out: CompletionOutput, d: ChoiceDelta) -> None:
+        self.done = True
+        if self.plan.parse_tools:
+            msg = self._parse(out)
+        else:  # the text as generated; the parse only tells end_of_turn / end_of_message / out_of_tokens
+            stop = self.plan.model.prompter.parse(out, tools_offered=False).stop_reason
+            msg = Message("assistant", out.text, stop_reason=stop)
+        if msg.tool_calls:
+            new = msg.tool_calls[len(self.calls):]
+            d.tool_calls += new
+            self.calls += new
+            if self.mode != "text" and msg.content:
+                d.text += msg.content
+        elif self.calls:  # recognised early, then the whole reply stopped parsing: keep what was sent
+            pass
+        elif self.mode != "text":
+            d.text += msg.content  # never a tool call after all: the held-back text is the content
+        if self.calls:
+            msg = Message("assistant", msg.content if msg.tool_calls else "", tool_calls=self.calls,
+                          stop_reason=msg.stop_reason)
+        self.message = msg
+        self.finish_reason = "tool_calls" if self.calls else "length" if out.finish_reason == "length" else "stop"
+        d.finish_reason = self.finish_reason
+        d.stop_reason = msg.stop_reason or ("out_of_tokens" if out.finish_reason == "length" else "end_of_turn")
+
+
+def _classify(buffer: str) -> str:
+    s = buffer.lstrip()
+    if not s:
+        return "undecided"
+    if s.startswith(TOOL_STARTS):
+        return "tool"
+    if any(m.startswith(s) for m in TOOL_STARTS):
+        return "undecided"
+    return "text"
+
+
+async def run_chat(plan: ChatPlan, metrics: Metrics, usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
+    """Per engine step, the deltas of the choices that advanced; the last batch carries every finish."""
+    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+        deltas = [d for o in out.outputs if (d := states[o.index].step(o)) is not None]
+        if deltas:
+            yield deltas
+
+
+async def complete_chat(plan: ChatPlan, metrics: Metrics, usage: Usage) -> list[ChoiceState]:
+    """Run to the end; the finished choice states (message, finish_reason, logprobs)."""
+    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+        for o in out.outputs:
+            states[o.index].step(o)
+    return states
+
+
+def call_arguments(call: ToolCall) -> str:
+    """A call's arguments as the JSON string OpenAI clients expect."""
+    return json.dumps(call.arguments, ensure_ascii=False)

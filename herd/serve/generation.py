@@ -1,0 +1,247 @@
+"""What chat and completions share: sampling params from request fields, the context budget,
+running a request on the engine with metrics, logprobs, and aborting on client disconnect."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from herd.engine.request import CompletionOutput, RequestOutput, SamplingParams
+from herd.errors import HerdError
+from herd.serve.errors import APIError, bad_request
+from herd.serve.metrics import Metrics
+from herd.serve.models import LLMModel
+
+T = TypeVar("T")
+# (token id, its logprob, [(alternative id, logprob)] best first)
+LogprobEntry = tuple[int, float, list[tuple[int, float]]]
+MIN_LOGPROB = -9999.0  # what OpenAI reports for impossible tokens
+
+
+def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param: str = "max_tokens") -> int:
+    """The max_tokens to use; prompt + max_tokens over the context is a 400 naming both counts."""
+    limit = model.max_model_len
+    context = model.engine.engine.max_model_len
+    what = f"this model's context of {limit} tokens" if limit == context else \
+        f"the {limit} tokens one request may hold (KV-cache pool; the model's context is {context})"
+    if prompt_len >= limit:
+        raise bad_request(f"the prompt has {prompt_len} tokens, which leaves no room for output in {what}; "
+                          f"shorten the prompt", "messages", "context_length_exceeded")
+    if max_tokens is None or max_tokens <= 0:
+        return limit - prompt_len
+    if prompt_len + max_tokens > limit:
+        raise bad_request(f"the prompt has {prompt_len} tokens and {param} is {max_tokens}: together "
+                          f"{prompt_len + max_tokens} tokens, over {what}; lower {param} to at most "
+                          f"{limit - prompt_len}", param, "context_length_exceeded")
+    return max_tokens
+
+
+def response_format_of(raw: dict[str, Any] | None, param: str = "response_format") -> Any:
+    """A herd ResponseFormat (None for text / absent); bad shapes are 400s."""
+    if raw is None:
+        return None
+    from herd.engine.structured import ResponseFormat
+
+    try:
+        fmt = ResponseFormat.from_openai(raw)
+    except HerdError as e:
+        raise bad_request(str(e), param) from None
+    return None if fmt.type == "text" else fmt
+
+
+def sampling_params(**kw: Any) -> SamplingParams:
+    """SamplingParams from keyword fields; None means the herd default; invalid values are 400s."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if isinstance(kw.get("stop"), str):
+        kw["stop"] = (kw["stop"],)
+    if kw.get("top_k", 0) < 0:  # vLLM: -1 turns top-k off
+        kw["top_k"] = 0
+    try:
+        return SamplingParams(**kw)
+    except HerdError as e:
+        field = str(e).split(" ", 1)[0]
+        raise bad_request(str(e), field if field in SamplingParams.__dataclass_fields__ else None) from None
+
+
+def new_logprobs(out: CompletionOutput, start: int, stop_ids: frozenset[int]) -> list[LogprobEntry]:
+    """Logprob entries for out.token_ids[start:], leaving out a final stop token."""
+    if out.logprobs is None:
+        return []
+    entries = []
+    for i in range(start, min(len(out.token_ids), len(out.logprobs))):
+        tok = out.token_ids[i]
+        if out.finished and i == len(out.token_ids) - 1 and out.stop_token_id == tok and tok in stop_ids:
+            break
+        row = {t: max(lp, MIN_LOGPROB) for t, lp in out.logprobs[i].items()}  # JSON has no -inf
+        alts = sorted(row.items(), key=lambda x: -x[1])
+        entries.append((tok, row.get(tok, MIN_LOGPROB), alts))
+    return entries
+
+
+def token_text(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
+    """A token's text (invalid UTF-8 replaced) and its raw bytes."""
+    try:
+        raw = tokenizer.token_bytes(token_id)
+    except (KeyError, ValueError):
+        raw = b""
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+@dataclass
+class Usage:
+    """Token counts of one request."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+async def generate(
+    model: LLMModel, prompt_ids: Sequence[int], params: SamplingParams, request_id: str, metrics: Metrics,
+    usage: Usage,
+) -> AsyncIterator[RequestOutput]:
+    """Engine outputs step by step, with metrics; engine input errors become 400s; cancelling aborts."""
+    start = last = time.monotonic()
+    first = True
+    finished = False
+    seen = 0
+    stream = model.engine.generate(list(prompt_ids), params, request_id=request_id)
+    try:
+        async for out in stream:
+            t = time.monotonic()
+            total = sum(len(o.token_ids) for o in out.outputs)
+            if total > seen:
+                if first:
+                    metrics.ttft.observe(t - start, model=model.id)
+                    first = False
+                else:
+                    metrics.itl.observe(t - last, model=model.id)
+                last = t
+                metrics.generation_tokens.inc(total - seen, model=model.id)
+                seen = total
+            usage.completion_tokens = total
+            usage.cached_tokens = out.num_cached_tokens
+            if out.finished:
+                finished = True
+                for o in out.outputs:
+                    metrics.finished.inc(model=model.id, reason=o.finish_reason or "stop")
+                metrics.e2e.observe(t - start, model=model.id)
+            yield out
+    except HerdError as e:
+        raise bad_request(str(e), "messages") from None
+    finally:
+        await stream.aclose()  # a consumer that stopped early aborts the request: its KV blocks are freed
+        metrics.prompt_tokens.inc(len(prompt_ids), model=model.id)
+        metrics.cached_tokens.inc(usage.cached_tokens, model=model.id)
+        if not finished:
+            metrics.finished.inc(model=model.id, reason="abort")
+
+
+async def first_then_rest(agen: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
+    """Pull the first item now (so input errors still become a 4xx status), then the rest lazily."""
+    try:
+        first = await agen.__anext__()
+    except StopAsyncIteration:
+        return None, agen
+    except BaseException:
+        await _aclose(agen)
+        raise
+
+    async def chained() -> AsyncIterator[T]:
+        try:
+            yield first
+            async for item in agen:
+                yield item
+        finally:
+            await _aclose(agen)
+
+    return first, chained()
+
+
+async def _aclose(agen: Any) -> None:
+    close = getattr(agen, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def until_disconnected(is_disconnected: Callable[[], Awaitable[bool]], work: Awaitable[T],
+                             poll: float = 0.25) -> T:
+    """Await `work`, cancelling it (which aborts its request) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if await is_disconnected():
+                task.cancel()
+                raise APIError(499, "client closed the request")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+@dataclass
+class CallContext:
+    """Per-HTTP-request facts the API modules need."""
+
+    request_id: str
+    metrics: Metrics
+    is_disconnected: Callable[[], Awaitable[bool]]
+    send_done: bool = True  # end SSE streams with `data: [DONE]` (0.2.x llama-stack-client cannot parse it)
+    model: str | None = None  # set once the model is known (for the access log)
+    usages: list[Usage] = field(default_factory=list)
+
+    def track(self, model: str, usage: Usage) -> Usage:
+        """Remember the model and a request's token counts for the access log."""
+        self.model = model
+        self.usages.append(usage)
+        return usage
+
+    def log_fields(self) -> dict[str, Any]:
+        """model / prompt_tokens / completion_tokens for the access log."""
+        if self.model is None:
+            return {}
+        return {"model": self.model, "prompt_tokens": sum(u.prompt_tokens for u in self.usages),
+                "completion_tokens": sum(u.completion_tokens for u in self.usages)}
+
+
+async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterators as (which, item); closing the merge closes them all."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
+        try:
+            async for item in it:
+                await queue.put((i, item))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,181 @@
+"""The OpenAI-compatible API: chat completions, embeddings and models (completions: completions.py)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from herd.serve import protocol as p
+from herd.serve.chat import (
+    ChatPlan,
+    ChoiceDelta,
+    ChoiceState,
+    call_arguments,
+    complete_chat,
+    plan_chat,
+    run_chat,
+)
+from herd.serve.embeddings import (
+    check_dimensions,
+    embed,
+    encode_vector,
+    texts_from_input,
+)
+from herd.serve.errors import bad_request
+from herd.serve.generation import (
+    CallContext,
+    LogprobEntry,
+    Usage,
+    first_then_rest,
+    token_text,
+    until_disconnected,
+)
+from herd.serve.models import ModelRegistry
+
+_UNSUPPORTED_PART = "this server's models read text only"
+
+
+def usage_out(u: Usage) -> p.Usage:
+    """OpenAI usage, with cached prompt tokens in prompt_tokens_details."""
+    return p.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                   total_tokens=u.total_tokens, prompt_tokens_details={"cached_tokens": u.cached_tokens})
+
+
+def messages_in(messages: list[p.ChatMessageIn]) -> list[dict[str, Any]]:
+    """Request messages as the plain OpenAI dicts herd's prompt format reads; non-text parts are 400s."""
+    out = []
+    for i, m in enumerate(messages):
+        d = m.model_dump(exclude_none=True)
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type != "text" or part.text is None:
+                    raise bad_request(f"messages[{i}].content[{j}]: {part.type!r} parts are not supported "
+                                      f"({_UNSUPPORTED_PART}); send {{'type': 'text', 'text': ...}}",
+                                      f"messages[{i}].content[{j}].type")
+            d["content"] = [{"type": "text", "text": part.text} for part in m.content]
+        if m.role == "assistant" and m.tool_calls:
+            d["tool_calls"] = [{"id": c.id, "type": "function", "function": c.function.model_dump()}
+                               for c in m.tool_calls]
+        out.append(d)
+    return out
+
+
+def tools_in(tools: list[p.ToolIn] | None) -> list[dict[str, Any]] | None:
+    """Request tools as OpenAI dicts (built-ins as {"type": "brave_search"})."""
+    if not tools:
+        return None
+    out = []
+    for i, t in enumerate(tools):
+        if t.type == "function":
+            if t.function is None:
+                raise bad_request(f"tools[{i}].function is required for type 'function'", f"tools[{i}].function")
+            out.append({"type": "function", "function": t.function.model_dump(exclude_none=True)})
+        else:
+            out.append({"type": t.type})
+    return out
+
+
+def chat_sampling(req: p.ChatCompletionRequest) -> dict[str, Any]:
+    """The SamplingParams fields a chat request sets (None: herd's default)."""
+    if req.logit_bias:
+        raise bad_request("logit_bias is not supported by this server", "logit_bias")
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    return dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, stop=req.stop,
+                seed=req.seed, n=req.n, presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
+                logprobs=(req.top_logprobs or 0) if req.logprobs else None, ignore_eos=req.ignore_eos or None)
+
+
+def logprobs_out(tokenizer: Any, entries: list[LogprobEntry], k: int) -> p.ChoiceLogprobs:
+    """OpenAI chat logprobs: each token with its top-k alternatives."""
+    content = []
+    for tok, lp, alts in entries:
+        text, raw = token_text(tokenizer, tok)
+        top = []
+        for alt, alp in alts[:k]:
+            t, b = token_text(tokenizer, alt)
+            top.append(p.TopLogprob(token=t, logprob=alp, bytes=b))
+        content.append(p.TokenLogprob(token=text, logprob=lp, bytes=raw, top_logprobs=top))
+    return p.ChoiceLogprobs(content=content)
+
+
+def message_out(state: ChoiceState) -> p.ChatMessageOut:
+    """A finished choice as the OpenAI assistant message (tool calls with JSON-string arguments)."""
+    msg = state.message
+    calls = [p.ToolCallOut(id=c.call_id, function=p.FunctionCallOut(name=c.tool_name, arguments=call_arguments(c)))
+             for c in msg.tool_calls]
+    return p.ChatMessageOut(content=(msg.content or None) if calls else msg.content, tool_calls=calls or None)
+
+
+async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
+    """POST /v1/chat/completions: a ChatCompletion dict, or an async iterator of chunk dicts."""
+    model = registry.llm(req.model)
+    max_tokens, param = (req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens \
+        else (req.max_tokens, "max_tokens")
+    plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
+        plan_chat, model, messages_in(req.messages), tools=tools_in(req.tools), tool_choice=req.tool_choice,
+        tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
+        max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
+    usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    k = req.top_logprobs or 0
+    if req.stream:
+        _, rest = await first_then_rest(run_chat(plan, ctx.metrics, usage))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return chat_chunks(plan, rest, usage, include_usage, k if req.logprobs else None)
+    states = await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx.metrics, usage))
+    choices = [p.ChatChoice(index=s.index, message=message_out(s), finish_reason=s.finish_reason,
+                            logprobs=logprobs_out(model.tokenizer, s.logprobs, k) if req.logprobs else None)
+               for s in states]
+    return p.dump(p.ChatCompletion(id=ctx.request_id, created=plan.created, model=model.id, choices=choices,
+                                   usage=usage_out(usage)))
+
+
+async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage, include_usage: bool,
+                      logprobs_k: int | None) -> AsyncIterator[dict[str, Any]]:
+    """The chat.completion.chunk stream: role first, then content / tool-call deltas, then finishes."""
+    def chunk(choices: list[p.ChatChunkChoice], u: p.Usage | None = None) -> dict[str, Any]:
+        return p.dump_chunk(p.ChatCompletionChunk(id=plan.request_id, created=plan.created, model=plan.model.id,
+                                                  choices=choices, usage=u))
+
+    tok = plan.model.tokenizer
+    yield chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))
+                 for i in range(plan.params.n)])
+    async for deltas in rest:
+        for d in deltas:
+            lp = logprobs_out(tok, d.logprobs, logprobs_k) if logprobs_k is not None and d.logprobs else None
+            if d.text or lp is not None:
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(content=d.text), logprobs=lp)])
+            for j, call in enumerate(d.tool_calls):
+                idx = d.first_call_index + j
+                head = p.ToolCallDeltaOut(index=idx, id=call.call_id, type="function",
+                                          function=p.ToolCallDeltaFunction(name=call.tool_name, arguments=""))
+                args = p.ToolCallDeltaOut(index=idx, function=p.ToolCallDeltaFunction(arguments=call_arguments(call)))
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[head]))])
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[args]))])
+            if d.finish_reason is not None:
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(), finish_reason=d.finish_reason)])
+    if include_usage:
+        yield chunk([], usage_out(usage))
+
+
+async def embeddings(req: p.EmbeddingRequest, registry: ModelRegistry, ctx: CallContext) -> dict[str, Any]:
+    """POST /v1/embeddings."""
+    model = registry.embedding(req.model)
+    check_dimensions(model.encoder, req.dimensions, "dimensions")
+    texts = texts_from_input(req.input, "input")
+    vectors, tokens = await embed(model.encoder, texts)
+    ctx.metrics.embedding_inputs.inc(len(texts), model=model.id)
+    data = [p.EmbeddingData(index=i, embedding=encode_vector(v, req.encoding_format)) for i, v in enumerate(vectors)]
+    return p.dump(p.EmbeddingList(data=data, model=model.id,
+                                  usage=p.Usage(prompt_tokens=tokens, total_tokens=tokens)))
+
+
+def models_list(registry: ModelRegistry) -> dict[str, Any]:
+    """GET /v1/models, in the OpenAI and the Llama Stack shape at once."""
+    return p.dump(p.ModelList(data=registry.cards()))
+
+
+def model_get(registry: ModelRegistry, model_id: str) -> dict[str, Any]:
+    """GET /v1/models/{id}."""
+    return p.dump(registry.get(model_id, "model_id").card())

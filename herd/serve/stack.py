@@ -1,0 +1,203 @@
+"""The Llama Stack (0.2.x classic) inference API: native messages, tools, sampling strategies, events."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from herd.serve import protocol as p
+from herd.serve.chat import (
+    ChatPlan,
+    ChoiceDelta,
+    call_arguments,
+    complete_chat,
+    plan_chat,
+    run_chat,
+)
+from herd.serve.embeddings import check_dimensions, embed, texts_from_input
+from herd.serve.errors import bad_request
+from herd.serve.generation import (
+    CallContext,
+    LogprobEntry,
+    Usage,
+    first_then_rest,
+    token_text,
+    until_disconnected,
+)
+from herd.serve.models import LLMModel, ModelRegistry
+from herd.tokenizer.chat_format import (
+    BUILTIN_TOOLS,
+    Message,
+    ToolCall,
+    ToolDefinition,
+    new_call_id,
+)
+
+_JSON_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
+               "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "array": "array",
+               "dict": "object", "object": "object"}
+
+
+def interleaved_text(content: Any, where: str) -> str:
+    """Llama Stack InterleavedContent (str, {"type": "text"}, or a list of them) as text; images are 400s."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    items = content if isinstance(content, list) else [content]
+    texts = []
+    for j, item in enumerate(items):
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+        else:
+            kind = item.get("type") if isinstance(item, dict) else type(item).__name__
+            raise bad_request(f"{where}[{j}]: {kind!r} content is not supported (this server's models read text "
+                              f"only); send a string or {{'type': 'text', 'text': ...}}", where)
+    return "".join(texts)
+
+
+def _arguments(call: p.StackToolCall, where: str) -> dict[str, Any]:
+    if isinstance(call.arguments, dict):
+        return call.arguments
+    raw = call.arguments_json or call.arguments
+    try:
+        args = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        if call.tool_name == "code_interpreter":
+            return {"code": raw}
+        raise bad_request(f"{where}.arguments is not a JSON object", f"{where}.arguments") from None
+    if not isinstance(args, dict):
+        raise bad_request(f"{where}.arguments must be a JSON object", f"{where}.arguments")
+    return args
+
+
+def messages_in(messages: list[p.StackMessage]) -> list[Message]:
+    """Native messages to herd Messages (tool results keep their call_id)."""
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        text = interleaved_text(m.content, f"{where}.content")
+        if m.role == "user":
+            ctx = interleaved_text(m.context, f"{where}.context") if m.context is not None else None
+            out.append(Message("user", text, context=ctx))
+        elif m.role == "system":
+            out.append(Message("system", text))
+        elif m.role in ("tool", "ipython"):
+            out.append(Message("tool", text, call_id=m.call_id))
+        else:
+            calls = [ToolCall(c.call_id or new_call_id(), c.tool_name, _arguments(c, f"{where}.tool_calls[{j}]"))
+                     for j, c in enumerate(m.tool_calls or [])]
+            out.append(Message("assistant", text, tool_calls=calls, stop_reason=m.stop_reason))
+    return out
+
+
+def tools_in(tools: list[p.StackTool] | None) -> list[ToolDefinition]:
+    """Native tool definitions ({param_type, description, required} per parameter) as JSON-schema tools."""
+    out = []
+    for t in tools or []:
+        if t.tool_name in BUILTIN_TOOLS:
+            out.append(ToolDefinition(t.tool_name))
+            continue
+        schema = t.input_schema
+        if schema is None:
+            props, required = {}, []
+            for name, prm in (t.parameters or {}).items():
+                prop: dict[str, Any] = {"description": prm.description or ""}
+                if prm.param_type.lower() in _JSON_TYPES:
+                    prop["type"] = _JSON_TYPES[prm.param_type.lower()]
+                if prm.default is not None:
+                    prop["default"] = prm.default
+                props[name] = prop
+                if prm.required:
+                    required.append(name)
+            schema = {"type": "object", "properties": props, "required": required}
+        out.append(ToolDefinition(t.tool_name, t.description or "", schema))
+    return out
+
+
+def sampling_in(sp: p.StackSamplingParams | None) -> tuple[dict[str, Any], int | None]:
+    """(SamplingParams fields, max_tokens or None) from native sampling_params; the default is greedy."""
+    sp = sp or p.StackSamplingParams()
+    s = sp.strategy
+    kw: dict[str, Any] = {"repetition_penalty": sp.repetition_penalty, "stop": sp.stop or None}
+    if s.type == "greedy":
+        kw["temperature"] = 0.0
+    elif s.type == "top_p":
+        kw.update(temperature=s.temperature if s.temperature is not None else 0.6,
+                  top_p=s.top_p if s.top_p is not None else 0.95)
+    else:
+        kw.update(temperature=s.temperature if s.temperature is not None else 1.0, top_k=s.top_k or 1, top_p=1.0)
+    return kw, (sp.max_tokens or None)
+
+
+def stack_logprobs(model: LLMModel, entries: list[LogprobEntry]) -> list[p.TokenLogProbs]:
+    """Per token: {token text: logprob} over the top alternatives."""
+    return [p.TokenLogProbs(logprobs_by_token={token_text(model.tokenizer, t)[0]: lp for t, lp in alts})
+            for _, _, alts in entries]
+
+
+def _call_out(c: ToolCall) -> p.StackToolCallOut:
+    return p.StackToolCallOut(call_id=c.call_id, tool_name=c.tool_name, arguments=c.arguments,
+                              arguments_json=call_arguments(c))
+
+
+async def chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
+    """POST /v1/inference/chat-completion: a ChatCompletionResponse dict or an async iterator of chunks."""
+    model = registry.llm(req.model_id, "model_id")
+    cfg = req.tool_config or p.StackToolConfig()
+    tool_choice = req.tool_choice if req.tool_config is None or req.tool_config.tool_choice is None \
+        else cfg.tool_choice
+    sampling, max_tokens = sampling_in(req.sampling_params)
+    k = req.logprobs.top_k if req.logprobs else None
+    plan = await asyncio.to_thread(
+        plan_chat, model, messages_in(req.messages), tools=tools_in(req.tools), tool_choice=tool_choice,
+        tool_prompt_format=cfg.tool_prompt_format or req.tool_prompt_format, response_format=req.response_format,
+        max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
+        request_id=ctx.request_id)
+    usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    if req.stream:
+        _, rest = await first_then_rest(run_chat(plan, ctx.metrics, usage))
+        return chat_events(plan, rest, usage, k is not None)
+    state = (await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx.metrics, usage)))[0]
+    msg = p.CompletionMessage(content=state.message.content, stop_reason=state.message.stop_reason or "end_of_turn",
+                              tool_calls=[_call_out(c) for c in state.message.tool_calls])
+    return p.dump(p.StackChatResponse(
+        completion_message=msg, logprobs=stack_logprobs(model, state.logprobs) if k is not None else None,
+        metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens)))
+
+
+async def chat_events(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage,
+                      logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+    """start, progress (text and tool_call deltas), complete with stop_reason and token metrics."""
+    def event(kind: str, delta: p.StackDelta, **kw: Any) -> dict[str, Any]:
+        return p.dump(p.StackChatChunk(event=p.StackEvent(event_type=kind, delta=delta, **kw)))
+
+    yield event("start", p.StackDelta(type="text", text=""))
+    async for deltas in rest:
+        for d in deltas:
+            lp = stack_logprobs(plan.model, d.logprobs) if logprobs and d.logprobs else None
+            if d.text or lp:
+                yield event("progress", p.StackDelta(type="text", text=d.text), logprobs=lp)
+            for call in d.tool_calls:
+                yield event("progress", p.StackDelta(type="tool_call", tool_call="", parse_status="started"))
+                yield event("progress", p.StackDelta(type="tool_call", tool_call=_call_out(call),
+                                                     parse_status="succeeded"))
+            if d.finish_reason is not None:
+                done = p.StackChatChunk(
+                    event=p.StackEvent(event_type="complete", delta=p.StackDelta(type="text", text=""),
+                                       stop_reason=d.stop_reason),
+                    metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens))
+                yield p.dump(done)
+
+
+async def embeddings(req: p.StackEmbeddingsRequest, registry: ModelRegistry, ctx: CallContext) -> dict[str, Any]:
+    """POST /v1/inference/embeddings."""
+    model = registry.embedding(req.model_id, "model_id")
+    check_dimensions(model.encoder, req.output_dimension, "output_dimension")
+    texts = texts_from_input(req.contents, "contents")
+    vectors, _ = await embed(model.encoder, texts, req.text_truncation or "end")
+    ctx.metrics.embedding_inputs.inc(len(texts), model=model.id)
+    return p.dump(p.StackEmbeddingsResponse(embeddings=vectors.tolist()))

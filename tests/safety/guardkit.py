@@ -1,0 +1,159 @@
+"""Test helpers for the safety tests: the tiny guard shape, the Llama Guard chat templates, and the
+test-only logits processor that forces what a guard model "says"."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herd.config import ModelArgs, RopeScaling
+
+# A Llama-Guard-3-1B-shaped model (tied embeddings, RoPE factor 32) shrunk to a few layers of width 64;
+# the real Llama 3 vocabulary, so prompts tokenize exactly as for the real guard.
+TINY_GUARD = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=32,
+                       rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, max_seq_len=4096)
+
+# The chat template of meta-llama/Llama-Guard-3-8B (tokenizer_config.json): string contents, all 14
+# categories always listed, a leading space before <|begin_of_text|>, no "\n\n" after the final header.
+TEMPLATE_8B = (
+    "{% if messages|length % 2 == 0 %}{% set role = 'Agent' %}{% else %}{% set role = 'User' %}{% endif %}"
+    "{{ \" <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    "Task: Check if there is unsafe content in '\" + role + \"' messages in conversations according our safety "
+    "policy with the below categories.\n\n"
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\n"
+    "S5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\n"
+    "S9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\n"
+    "S13: Elections.\nS14: Code Interpreter Abuse.\n"
+    "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n\" }}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% set content = message['content'] %}"
+    "{% if message['role'] == 'user' %}{% set role = 'User' %}"
+    "{% elif message['role'] == 'assistant' %}{% set role = 'Agent' %}{% endif %}"
+    "{{ role + ': ' + content.strip() + '\n\n' }}{% endfor %}"
+    "{{ \"<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST \" + role + \" message in the "
+    "above conversation:\n"
+    " - First line must read 'safe' or 'unsafe'.\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\" }}"
+)
+
+# The Llama Guard 3 1B / 11B-Vision style template: contents are lists of {"type": "text"} parts,
+# S1-S13 by default, `categories` and `excluded_category_keys` honoured.
+TEMPLATE_PARTS = """{%- if messages|length % 2 == 0 -%}
+    {%- set role = 'Agent' -%}
+{%-  else -%}
+    {%-  set role = 'User' -%}
+{%-  endif -%}
+{%-  if categories is not defined -%}
+    {%-
+        set categories = ({
+            "S1": "Violent Crimes.",
+            "S2": "Non-Violent Crimes.",
+            "S3": "Sex Crimes.",
+            "S4": "Child Exploitation.",
+            "S5": "Defamation.",
+            "S6": "Specialized Advice.",
+            "S7": "Privacy.",
+            "S8": "Intellectual Property.",
+            "S9": "Indiscriminate Weapons.",
+            "S10": "Hate.",
+            "S11": "Self-Harm.",
+            "S12": "Sexual Content.",
+            "S13": "Elections.",
+        })
+    -%}
+{%-  endif -%}
+
+{{- "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n" -}}
+{{- "Task: Check if there is unsafe content in '" + role + "' messages in conversations according our safety policy with the below categories.\\n\\n" -}}
+{{- "<BEGIN UNSAFE CONTENT CATEGORIES>\\n"-}}
+
+{%-  for key in categories -%}
+    {%-  if key not in excluded_category_keys -%}
+        {{-key + ": " + categories[key] + "\\n" -}}
+    {%-  endif -%}
+{%-  endfor -%}
+
+{{- "<END UNSAFE CONTENT CATEGORIES>\\n\\n"-}}
+{{- "<BEGIN CONVERSATION>\\n\\n"-}}
+{%-  for message in messages -%}
+    {%-  if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...')-}}
+    {%-  endif -%}
+    {%-  set content = message['content'] -%}
+    {%-  if message['role'] == 'user' -%}
+        {%-  set role = 'User' -%}
+    {%-  elif message['role'] == 'assistant' -%}
+        {%-  set role = 'Agent' -%}
+    {%-  endif -%}
+    {%-  for content in message['content'] | selectattr('type', 'equalto', 'text') -%}
+{{- role + ': ' + content['text'] | trim + '\\n\\n'-}}
+    {%-  endfor -%}
+{%-  endfor -%}
+{{- "<END CONVERSATION>\\n\\n"-}}
+{{- "Provide your safety assessment for ONLY THE LAST " + role + " message in the above conversation:\\n"-}}
+{{- " - First line must read 'safe' or 'unsafe'.\\n"-}}
+{{- " - If unsafe, a second line must include a comma-separated list of violated categories. <|eot_id|><|start_header_id|>assistant<|end_header_id|>"-}}"""
+
+
+def write_hf_tokenizer(d: Path, tokenizer_json: Path, template: str) -> Path:
+    """tokenizer.json + tokenizer_config.json carrying a chat template, as an HF guard repo has."""
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tokenizer_json, d / "tokenizer.json")
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": template,
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072}))
+    return d
+
+
+# ---- the test-only logits processor ---------------------------------------------------------
+
+Dist = dict[int, float]
+
+
+@contextmanager
+def forcing(model: torch.nn.Module, table: dict[int, Dist]) -> Iterator[None]:
+    """Wrap model.forward_flat: a row whose last input token is a key of `table` gets exactly that
+    distribution (token id -> probability) as its next-token logits. Restored on exit."""
+    original = model.forward_flat
+
+    def forced(tokens: torch.Tensor, positions: torch.Tensor, cache: Any, logits_idx: torch.Tensor) -> torch.Tensor:
+        logits = original(tokens, positions, cache, logits_idx)
+        for row, prev in enumerate(tokens[logits_idx].tolist()):
+            dist = table.get(prev)
+            if dist is not None:
+                logits[row] = -1e9
+                for tid, p in dist.items():
+                    logits[row, tid] = math.log(p)
+        return logits
+
+    model.forward_flat = forced
+    try:
+        yield
+    finally:
+        del model.forward_flat
+
+
+def say(tokenizer: Any, text: str, after: int, first: Dist | None = None, steps: dict[int, Dist] | None = None
+        ) -> dict[int, Dist]:
+    """A forcing table making greedy decoding emit `text` then <|eot_id|> after the token `after`.
+
+    `first` replaces the distribution of the first step (e.g. {unsafe: 0.8, safe: 0.2}); `steps`
+    replaces others by the previous token's id."""
+    ids = tokenizer.encode(text) + [tokenizer.special_tokens["<|eot_id|>"]]
+    prevs = [after, *ids[:-1]]
+    assert len(set(prevs)) == len(prevs), "forced tokens must be distinct"
+    table = {p: {t: 1.0} for p, t in zip(prevs, ids)}
+    if first is not None:
+        table[after] = first
+    table.update(steps or {})
+    return table
