@@ -4,28 +4,35 @@ outputs become assistant messages with tool calls, streamed as deltas.
 Prompt formatting and reply parsing live in herd.tokenizer (Prompter / chat_format); this module only
 decides what to ask for (tool_choice required/named: a JSON-schema grammar over the offered tools) and
 when streamed text may still be a tool call (then it is held back until it parses or cannot).
+
+Shields (`input_shields` / `output_shields`, per model in the config plus per request): a violation on
+the input answers with the shield's refusal without running the model; output shields check each reply
+before any of it is released (streams are buffered) and replace a violating one by the refusal.
+Refused choices finish with `content_filter` and carry the `safety_violation` extension.
 """
 from __future__ import annotations
 
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from herd.engine.request import CompletionOutput, SamplingParams
 from herd.errors import HerdError
-from herd.serve.errors import bad_request
+from herd.serve.errors import APIError, bad_request
 from herd.serve.generation import (
     LogprobEntry,
     Usage,
     check_budget,
+    first_then_rest,
     generate,
     new_logprobs,
     response_format_of,
     sampling_params,
+    until_disconnected,
 )
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
@@ -34,6 +41,7 @@ from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
 # what a reply that is (or may become) a tool call starts with, in the formats herd parses
 TOOL_STARTS = ("<|python_tag|>", "<function=", "<tool_call>", "{", "[")
 _CALL_BODIES = ("{", "[", "<function=", "<tool_call>")
+REFUSED = "content_filter"  # OpenAI's finish_reason for a reply a filter stopped
 
 
 @dataclass
@@ -148,8 +156,17 @@ class ChoiceDelta:
     tool_calls: list[ToolCall] = field(default_factory=list)
     first_call_index: int = 0  # index of tool_calls[0] among the choice's calls
     logprobs: list[LogprobEntry] = field(default_factory=list)
-    finish_reason: str | None = None  # OpenAI: stop / length / tool_calls
+    finish_reason: str | None = None  # OpenAI: stop / length / tool_calls / content_filter
     stop_reason: str | None = None  # Llama Stack: end_of_turn / end_of_message / out_of_tokens
+    violation: dict[str, Any] | None = None  # the `safety_violation` extension of a refused choice
+
+    def add(self, d: ChoiceDelta) -> None:
+        """Merge a later delta of the same choice into this one."""
+        self.text += d.text
+        self.tool_calls += d.tool_calls
+        self.logprobs += d.logprobs
+        self.finish_reason = d.finish_reason or self.finish_reason
+        self.stop_reason = d.stop_reason or self.stop_reason
 
 
 class ChoiceState:
@@ -165,6 +182,23 @@ class ChoiceState:
         self.done = False
         self.message = Message("assistant", "")
         self.finish_reason: str | None = None
+        self.violation: dict[str, Any] | None = None  # set by refuse()
+
+    def refuse(self, violation: Any, stage: str) -> ChoiceState:
+        """Replace the reply by a shield's refusal (a herd.safety ShieldViolation; stage input/output)."""
+        from herd.serve.safety import violation_extension
+
+        self.done = True
+        self.calls, self.logprobs = [], []
+        self.message = Message("assistant", violation.user_message, stop_reason="end_of_turn")
+        self.finish_reason = REFUSED
+        self.violation = {**violation_extension(violation), "stage": stage}
+        return self
+
+    def refusal_delta(self) -> ChoiceDelta:
+        """The whole refused choice as one delta."""
+        return ChoiceDelta(self.index, text=self.message.content, finish_reason=self.finish_reason,
+                           stop_reason="end_of_turn", violation=self.violation)
 
     def step(self, out: CompletionOutput) -> ChoiceDelta | None:
         """The delta for this step's output (None when nothing new)."""
@@ -257,6 +291,140 @@ async def complete_chat(plan: ChatPlan, metrics: Metrics, usage: Usage) -> list[
     async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
         for o in out.outputs:
             states[o.index].step(o)
+    return states
+
+
+# ---- shields around a chat turn ---------------------------------------------------------------
+
+
+def shield_registry(ctx: Any) -> Any:
+    """The server's herd.safety ShieldRegistry (`app.state.shields`) for a CallContext."""
+    registry = getattr(ctx, "shields", None)
+    if registry is not None:
+        return registry
+    # CallContext.is_disconnected is the bound `Request.is_disconnected`: its request leads to the app
+    request = getattr(getattr(ctx, "is_disconnected", None), "__self__", None)
+    if request is not None and hasattr(request, "app"):
+        from herd.serve.safety import registry_of
+
+        return registry_of(request)
+    from herd.safety.shields import ShieldRegistry
+
+    return ShieldRegistry.from_config(None)
+
+
+def _shield_error(e: HerdError, param: str) -> APIError:
+    from herd.safety.llama_guard import GuardOutputError
+    from herd.safety.shields import UnknownShieldError
+
+    if isinstance(e, UnknownShieldError):
+        return APIError(404, str(e), param=param, code="shield_not_found")
+    if isinstance(e, GuardOutputError):  # the guard model misbehaved, not the client
+        return APIError(502, f"{param}: {e}", code="shield_error")
+    return bad_request(f"{param}: {e}", "messages")
+
+
+@dataclass
+class ChatShields:
+    """The shields screening one chat request: the model's configured ones, then those the request adds."""
+
+    registry: Any  # herd.safety.shields.ShieldRegistry
+    input: list[str]
+    output: list[str]
+
+    async def _check(self, ids: list[str], messages: Sequence[Any], param: str) -> Any:
+        from herd.serve.safety import check_shields
+
+        try:
+            return await check_shields(self.registry, ids, list(messages))
+        except HerdError as e:
+            raise _shield_error(e, param) from None
+
+    async def check_input(self, messages: Sequence[Any]) -> Any:
+        """The first input violation (a ShieldViolation) or None."""
+        return await self._check(self.input, messages, "input_shields") if self.input else None
+
+    async def screen_output(self, messages: Sequence[Any], states: Sequence[ChoiceState]) -> None:
+        """Check each finished reply; a violating one is replaced by the refusal. Llama Guard reads the reply
+        after the conversation (it judges only the last message); the others (Code Shield, Prompt Guard)
+        judge all they are given, so they get the reply alone."""
+        for s in states:
+            for sid in self.output:
+                in_context = self.registry.config(sid).type == "llama-guard"
+                v = await self._check([sid], [*messages, s.message] if in_context else [s.message],
+                                      "output_shields")
+                if v is not None:
+                    s.refuse(v, "output")
+                    break
+
+
+def chat_shields(model: LLMModel, ctx: Any, input_shields: Sequence[str] | None,
+                 output_shields: Sequence[str] | None) -> ChatShields | None:
+    """The model's configured shields plus the request's (added, not replacing: a client cannot drop the
+    operator's); None when there are none. An unknown id is a 404 listing the available ones."""
+    ids_in = list(dict.fromkeys([*model.spec.input_shields, *(input_shields or ())]))
+    ids_out = list(dict.fromkeys([*model.spec.output_shields, *(output_shields or ())]))
+    if not ids_in and not ids_out:
+        return None
+    registry = shield_registry(ctx)
+    for param, ids in (("input_shields", ids_in), ("output_shields", ids_out)):
+        for sid in ids:
+            try:
+                registry.config(sid)
+            except HerdError as e:
+                raise _shield_error(e, param) from None
+    return ChatShields(registry, ids_in, ids_out)
+
+
+async def run_chat_screened(
+    plan: ChatPlan, metrics: Metrics, usage: Usage, screen: Callable[[list[ChoiceState]], Awaitable[None]],
+) -> AsyncIterator[list[ChoiceDelta]]:
+    """run_chat with output shields: nothing is released before the reply is checked. Yields [] once the
+    engine has started (so errors before it are still a 4xx status), then one whole delta per choice: what
+    run_chat would have streamed, merged, or the refusal."""
+    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
+    whole = [ChoiceDelta(i) for i in range(plan.params.n)]
+    started = False
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+        for o in out.outputs:
+            if (d := states[o.index].step(o)) is not None:
+                whole[o.index].add(d)
+        if not started:
+            started = True
+            yield []
+    await screen(states)
+    yield [s.refusal_delta() if s.violation is not None else w for s, w in zip(states, whole)]
+
+
+async def _once(batch: list[ChoiceDelta]) -> AsyncIterator[list[ChoiceDelta]]:
+    yield batch
+
+
+async def stream_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], metrics: Metrics,
+                      usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
+    """The delta batches of a streamed chat turn, screened; the first engine output is awaited here."""
+    if shields is not None:
+        v = await shields.check_input(messages)
+        if v is not None:  # the model does not run
+            return _once([ChoiceState(plan, i).refuse(v, "input").refusal_delta() for i in range(plan.params.n)])
+    if shields is not None and shields.output:
+        gen = run_chat_screened(plan, metrics, usage, lambda states: shields.screen_output(messages, states))
+    else:
+        gen = run_chat(plan, metrics, usage)
+    _, rest = await first_then_rest(gen)
+    return rest
+
+
+async def finish_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], metrics: Metrics,
+                      usage: Usage, is_disconnected: Callable[[], Awaitable[bool]]) -> list[ChoiceState]:
+    """The finished choice states of a non-streamed chat turn, screened."""
+    if shields is not None:
+        v = await shields.check_input(messages)
+        if v is not None:  # the model does not run
+            return [ChoiceState(plan, i).refuse(v, "input") for i in range(plan.params.n)]
+    states = await until_disconnected(is_disconnected, complete_chat(plan, metrics, usage))
+    if shields is not None:
+        await shields.screen_output(messages, states)
     return states
 
 

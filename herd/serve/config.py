@@ -6,8 +6,11 @@ models:
   - id: smollm2                       # what clients send as `model`
     model: smollm2-135m-instruct      # any model reference (directory, .gguf, built-in, random:<preset>)
     engine: {num_blocks: 1024, max_num_seqs: 32}
+    input_shields: [llama-guard]      # chat requests to this model are screened (requests may add more)
+    output_shields: [code-shield]
   - {id: all-MiniLM-L6-v2, type: embedding}
-shields: []                           # passed to herd.safety (see `herd shield --help`)
+shields:                              # passed to herd.safety (see `herd shield --help`)
+  - {shield_id: llama-guard, type: llama-guard, model: ./Llama-Guard-3-1B}
 ```
 Unknown keys are errors naming their path; values are converted to the field's type.
 """
@@ -43,6 +46,8 @@ class ModelSpec:
     tool_prompt_format: Literal["json", "function_tag", "python_list"] = "json"
     aliases: tuple[str, ...] = ()  # other names that resolve to this model
     engine: EngineConfig = field(default_factory=EngineConfig)
+    input_shields: tuple[str, ...] = ()  # shield ids screening every chat request's messages
+    output_shields: tuple[str, ...] = ()  # shield ids screening every chat reply before it is released
 
     @property
     def ref(self) -> str:
@@ -201,7 +206,27 @@ def parse_config(data: Any) -> ServerConfig:
     data["models"] = models
     cfg = from_dict(ServerConfig, data, "")
     check_ids(cfg.models)
+    check_model_shields(cfg)
     return cfg
+
+
+def check_model_shields(cfg: ServerConfig) -> None:
+    """Per-model input/output shields must name shields of the config (or the built-in code-shield)."""
+    used = [(i, m, kind, sid) for i, m in enumerate(cfg.models) for kind in ("input_shields", "output_shields")
+            for sid in getattr(m, kind)]
+    if not used:
+        return
+    try:
+        from herd.safety.shields import ShieldRegistry
+    except ImportError:  # the safety layer is optional
+        raise HerdError("models: input_shields/output_shields need herd.safety, which is not installed") from None
+    available = ShieldRegistry.from_config(list(cfg.shields)).ids()
+    for i, m, kind, sid in used:
+        if m.type != "llm":
+            raise HerdError(f"models[{i}].{kind}: only chat models (type llm) take shields; {m.id!r} is {m.type}")
+        if sid not in available:
+            raise HerdError(f"models[{i}].{kind}: shield {sid!r} is not declared; available shields: "
+                            f"{', '.join(available) or '(none)'} (declare it under shields:)")
 
 
 def load_config(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> ServerConfig:

@@ -37,6 +37,9 @@ class LLMModel:
         e = self.engine.engine
         meta = {"context_length": e.max_model_len, "prompt_format": self.prompter.kind,
                 "kv_cache_blocks": e.kv.num_usable_blocks, "block_size": e.kv.block_size}
+        for kind in ("input_shields", "output_shields"):  # the config's; requests may add more
+            if getattr(self.spec, kind):
+                meta[kind] = list(getattr(self.spec, kind))
         return ModelCard(id=self.id, created=self.created, identifier=self.id, provider_resource_id=self.spec.ref,
                          model_type="llm", metadata=meta)
 

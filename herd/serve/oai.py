@@ -11,9 +11,10 @@ from herd.serve.chat import (
     ChoiceDelta,
     ChoiceState,
     call_arguments,
-    complete_chat,
+    chat_shields,
+    finish_chat,
     plan_chat,
-    run_chat,
+    stream_chat,
 )
 from herd.serve.embeddings import (
     check_dimensions,
@@ -26,9 +27,7 @@ from herd.serve.generation import (
     CallContext,
     LogprobEntry,
     Usage,
-    first_then_rest,
     token_text,
-    until_disconnected,
 )
 from herd.serve.models import ModelRegistry
 
@@ -111,32 +110,38 @@ def message_out(state: ChoiceState) -> p.ChatMessageOut:
 async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
     """POST /v1/chat/completions: a ChatCompletion dict, or an async iterator of chunk dicts."""
     model = registry.llm(req.model)
+    shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
     max_tokens, param = (req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens \
         else (req.max_tokens, "max_tokens")
+    messages = messages_in(req.messages)
     plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
-        plan_chat, model, messages_in(req.messages), tools=tools_in(req.tools), tool_choice=req.tool_choice,
+        plan_chat, model, messages, tools=tools_in(req.tools), tool_choice=req.tool_choice,
         tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
         max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
     k = req.top_logprobs or 0
     if req.stream:
-        _, rest = await first_then_rest(run_chat(plan, ctx.metrics, usage))
+        rest = await stream_chat(plan, shields, messages, ctx.metrics, usage)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return chat_chunks(plan, rest, usage, include_usage, k if req.logprobs else None)
-    states = await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx.metrics, usage))
+    states = await finish_chat(plan, shields, messages, ctx.metrics, usage, ctx.is_disconnected)
     choices = [p.ChatChoice(index=s.index, message=message_out(s), finish_reason=s.finish_reason,
-                            logprobs=logprobs_out(model.tokenizer, s.logprobs, k) if req.logprobs else None)
+                            logprobs=logprobs_out(model.tokenizer, s.logprobs, k) if req.logprobs else None,
+                            safety_violation=s.violation)
                for s in states]
     return p.dump(p.ChatCompletion(id=ctx.request_id, created=plan.created, model=model.id, choices=choices,
-                                   usage=usage_out(usage)))
+                                   usage=usage_out(usage),
+                                   safety_violation=next((s.violation for s in states if s.violation), None)))
 
 
 async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage, include_usage: bool,
                       logprobs_k: int | None) -> AsyncIterator[dict[str, Any]]:
-    """The chat.completion.chunk stream: role first, then content / tool-call deltas, then finishes."""
-    def chunk(choices: list[p.ChatChunkChoice], u: p.Usage | None = None) -> dict[str, Any]:
+    """The chat.completion.chunk stream: role first, then content / tool-call deltas, then finishes (a
+    refused choice's finish chunk carries `safety_violation`, in the choice and at the top)."""
+    def chunk(choices: list[p.ChatChunkChoice], u: p.Usage | None = None,
+              violation: dict[str, Any] | None = None) -> dict[str, Any]:
         return p.dump_chunk(p.ChatCompletionChunk(id=plan.request_id, created=plan.created, model=plan.model.id,
-                                                  choices=choices, usage=u))
+                                                  choices=choices, usage=u, safety_violation=violation))
 
     tok = plan.model.tokenizer
     yield chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))
@@ -154,7 +159,8 @@ async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], us
                 yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[head]))])
                 yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[args]))])
             if d.finish_reason is not None:
-                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(), finish_reason=d.finish_reason)])
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(), finish_reason=d.finish_reason,
+                                               safety_violation=d.violation)], violation=d.violation)
     if include_usage:
         yield chunk([], usage_out(usage))
 

@@ -122,6 +122,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tool_prompt_format: ToolPromptFormat | None = None  # herd extension (Llama 3.x custom-tool format)
+    input_shields: list[str] | None = None  # herd extension: shield ids, added to the model's configured ones
+    output_shields: list[str] | None = None  # herd extension: the reply is checked before it is released
 
 
 class CompletionRequest(SamplingFields):
@@ -145,6 +147,20 @@ class EmbeddingRequest(_Request):
 
 
 # ---- OpenAI responses -----------------------------------------------------------------------
+
+
+class SafetyViolationOut(_Response):
+    """herd extension `safety_violation`: which shield stopped a chat turn, and why.
+
+    `stage` is "input" (the model did not run) or "output" (the reply was replaced); `metadata`
+    is the shield's (Llama Guard: `violation_type` "S9" and the category names).
+    """
+
+    shield_id: str
+    stage: Literal["input", "output"]
+    violation_level: Literal["info", "warn", "error"]
+    user_message: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class Usage(_Response):
@@ -190,6 +206,7 @@ class ChatChoice(_Response):
     message: ChatMessageOut
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
+    safety_violation: SafetyViolationOut | None = None  # left out when None
 
 
 class ChatCompletion(_Response):
@@ -200,6 +217,7 @@ class ChatCompletion(_Response):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    safety_violation: SafetyViolationOut | None = None  # the first choice's; left out when None
 
 
 class ToolCallDeltaFunction(_Response):
@@ -225,6 +243,7 @@ class ChatChunkChoice(_Response):
     delta: ChatDelta
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
+    safety_violation: SafetyViolationOut | None = None  # on a refused choice's finish chunk; else left out
 
 
 class ChatCompletionChunk(_Response):
@@ -235,6 +254,7 @@ class ChatCompletionChunk(_Response):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    safety_violation: SafetyViolationOut | None = None  # as the choice's; left out when None
 
 
 class CompletionLogprobs(_Response):
@@ -367,6 +387,8 @@ class StackChatRequest(_Request):
     response_format: dict[str, Any] | None = None
     stream: bool | None = False
     logprobs: StackLogprobs | None = None
+    input_shields: list[str] | None = None  # herd extension, as on ChatCompletionRequest
+    output_shields: list[str] | None = None
 
 
 class StackCompletionRequest(_Request):
@@ -421,6 +443,7 @@ class StackChatResponse(_Response):
     completion_message: CompletionMessage
     logprobs: list[TokenLogProbs] | None = None
     metrics: list[Metric] | None = None
+    safety_violation: SafetyViolationOut | None = None  # herd extension; left out when None
 
 
 class StackDelta(_Response):
@@ -442,6 +465,7 @@ class StackEvent(_Response):
 class StackChatChunk(_Response):
     event: StackEvent
     metrics: list[Metric] | None = None
+    safety_violation: SafetyViolationOut | None = None  # on the `complete` event of a refused turn
 
 
 class StackCompletionResponse(_Response):
@@ -465,14 +489,26 @@ def usage_metrics(prompt_tokens: int, completion_tokens: int) -> list[Metric]:
             Metric(metric="total_tokens", value=prompt_tokens + completion_tokens)]
 
 
+_EXTENSIONS = ("safety_violation",)  # herd extension fields: present only when set
+
+
+def _drop_unset_extensions(out: dict[str, Any]) -> dict[str, Any]:
+    for obj in (out, *out.get("choices", ())):
+        if isinstance(obj, dict):
+            for key in _EXTENSIONS:
+                if key in obj and obj[key] is None:
+                    del obj[key]
+    return out
+
+
 def dump(model: BaseModel, *, exclude_none: bool = False) -> dict[str, Any]:
-    """A response model as a JSON-ready dict."""
-    return model.model_dump(mode="json", exclude_none=exclude_none)
+    """A response model as a JSON-ready dict (unset herd extension fields left out)."""
+    return _drop_unset_extensions(model.model_dump(mode="json", exclude_none=exclude_none))
 
 
 def dump_chunk(chunk: BaseModel) -> dict[str, Any]:
     """A stream chunk with OpenAI's layout: absent delta fields left out, top-level nulls kept."""
-    out = chunk.model_dump(mode="json")
+    out = _drop_unset_extensions(chunk.model_dump(mode="json"))
     for choice in out.get("choices", []):
         delta = choice.get("delta")
         if isinstance(delta, dict):

@@ -11,9 +11,10 @@ from herd.serve.chat import (
     ChatPlan,
     ChoiceDelta,
     call_arguments,
-    complete_chat,
+    chat_shields,
+    finish_chat,
     plan_chat,
-    run_chat,
+    stream_chat,
 )
 from herd.serve.embeddings import check_dimensions, embed, texts_from_input
 from herd.serve.errors import bad_request
@@ -21,9 +22,7 @@ from herd.serve.generation import (
     CallContext,
     LogprobEntry,
     Usage,
-    first_then_rest,
     token_text,
-    until_disconnected,
 )
 from herd.serve.models import LLMModel, ModelRegistry
 from herd.tokenizer.chat_format import (
@@ -147,31 +146,34 @@ def _call_out(c: ToolCall) -> p.StackToolCallOut:
 async def chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
     """POST /v1/inference/chat-completion: a ChatCompletionResponse dict or an async iterator of chunks."""
     model = registry.llm(req.model_id, "model_id")
+    shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
     cfg = req.tool_config or p.StackToolConfig()
     tool_choice = req.tool_choice if req.tool_config is None or req.tool_config.tool_choice is None \
         else cfg.tool_choice
     sampling, max_tokens = sampling_in(req.sampling_params)
     k = req.logprobs.top_k if req.logprobs else None
+    messages = messages_in(req.messages)
     plan = await asyncio.to_thread(
-        plan_chat, model, messages_in(req.messages), tools=tools_in(req.tools), tool_choice=tool_choice,
+        plan_chat, model, messages, tools=tools_in(req.tools), tool_choice=tool_choice,
         tool_prompt_format=cfg.tool_prompt_format or req.tool_prompt_format, response_format=req.response_format,
         max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
         request_id=ctx.request_id)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
     if req.stream:
-        _, rest = await first_then_rest(run_chat(plan, ctx.metrics, usage))
+        rest = await stream_chat(plan, shields, messages, ctx.metrics, usage)
         return chat_events(plan, rest, usage, k is not None)
-    state = (await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx.metrics, usage)))[0]
+    state = (await finish_chat(plan, shields, messages, ctx.metrics, usage, ctx.is_disconnected))[0]
     msg = p.CompletionMessage(content=state.message.content, stop_reason=state.message.stop_reason or "end_of_turn",
                               tool_calls=[_call_out(c) for c in state.message.tool_calls])
     return p.dump(p.StackChatResponse(
         completion_message=msg, logprobs=stack_logprobs(model, state.logprobs) if k is not None else None,
-        metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens)))
+        metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens), safety_violation=state.violation))
 
 
 async def chat_events(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage,
                       logprobs: bool) -> AsyncIterator[dict[str, Any]]:
-    """start, progress (text and tool_call deltas), complete with stop_reason and token metrics."""
+    """start, progress (text and tool_call deltas), complete with stop_reason and token metrics (and
+    `safety_violation` when a shield refused the turn)."""
     def event(kind: str, delta: p.StackDelta, **kw: Any) -> dict[str, Any]:
         return p.dump(p.StackChatChunk(event=p.StackEvent(event_type=kind, delta=delta, **kw)))
 
@@ -189,7 +191,8 @@ async def chat_events(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], us
                 done = p.StackChatChunk(
                     event=p.StackEvent(event_type="complete", delta=p.StackDelta(type="text", text=""),
                                        stop_reason=d.stop_reason),
-                    metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens))
+                    metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens),
+                    safety_violation=d.violation)
                 yield p.dump(done)
 
 
