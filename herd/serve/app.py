@@ -147,7 +147,8 @@ def _client_wants_no_done(request: Request) -> bool:
 def context(request: Request, prefix: str, native: bool = False) -> CallContext:
     """The CallContext of one request (engine request id, metrics, disconnect check, [DONE] or not)."""
     ctx = CallContext(p.new_id(prefix), request.app.state.metrics, request.is_disconnected,
-                      send_done=not native and not _client_wants_no_done(request))
+                      send_done=not native and not _client_wants_no_done(request),
+                      shields=getattr(request.app.state, "shields", None))
     request.state.herd_ctx = ctx  # the access log reads model and token counts from it
     return ctx
 

@@ -302,12 +302,6 @@ def shield_registry(ctx: Any) -> Any:
     registry = getattr(ctx, "shields", None)
     if registry is not None:
         return registry
-    # CallContext.is_disconnected is the bound `Request.is_disconnected`: its request leads to the app
-    request = getattr(getattr(ctx, "is_disconnected", None), "__self__", None)
-    if request is not None and hasattr(request, "app"):
-        from herd.serve.safety import registry_of
-
-        return registry_of(request)
     from herd.safety.shields import ShieldRegistry
 
     return ShieldRegistry.from_config(None)

@@ -197,6 +197,7 @@ class CallContext:
     send_done: bool = True  # end SSE streams with `data: [DONE]` (0.2.x llama-stack-client cannot parse it)
     model: str | None = None  # set once the model is known (for the access log)
     usages: list[Usage] = field(default_factory=list)
+    shields: Any = None  # the server's herd.safety ShieldRegistry, for input/output shields
 
     def track(self, model: str, usage: Usage) -> Usage:
         """Remember the model and a request's token counts for the access log."""
