@@ -27,8 +27,13 @@ class PagedKVCache:
         a = model.args
         w = model.tok_embeddings.weight
         shape = (a.n_layers, num_blocks * block_size, a.kv_heads, a.hd)
-        self.k = torch.zeros(shape, dtype=w.dtype, device=w.device)
-        self.v = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        # empty, not zeros: the OS maps pages as they are first written, so a large pool costs no
+        # time or RSS up front; a slot is always written before it is read, except the null block
+        # (padding of decode batches, masked out), which must hold finite values: zero it
+        self.k = torch.empty(shape, dtype=w.dtype, device=w.device)
+        self.v = torch.empty(shape, dtype=w.dtype, device=w.device)
+        self.k[:, :block_size].zero_()
+        self.v[:, :block_size].zero_()
         self.block_size = block_size
         self.device = w.device
 
