@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install run chat test test-slow test-all clean
+.PHONY: install run chat test test-slow test-all clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m "not gpu"
+
+# llama.cpp for the side-by-side benchmark: PyPI has only its source (~8 min to build). The
+# native build dies with SIGILL in its AMX kernels on these machines, so pick the ISA by hand.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
+bench: install
+	@$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -c constraints.txt llama-cpp-python
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

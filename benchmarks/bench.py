@@ -1,11 +1,18 @@
-"""Side-by-side benchmark: herd vs HF transformers generate() vs llama.cpp (llama-cpp-python), same GGUF.
+"""herd vs HF transformers generate() vs llama.cpp, side by side in one run; writes BENCHMARKS.md.
 
-Each system runs in its own subprocess (so peak RSS is its own), one after the other, in one run:
-  - batch-1 decode tok/s (greedy, ignore EOS), time to first token for 128- and 2048-token prompts;
-  - aggregate output tok/s for 1, 8 and 32 requests of ShareGPT-like mixed lengths (seeded): herd
-    batches them in its engine; transformers and llama.cpp run them one after another;
-  - the memory-bandwidth bound: bytes of weights read per decoded token / measured copy bandwidth.
-Writes a Markdown report (default BENCHMARKS.md) with the machine and versions. `make bench` runs it.
+    make bench                                   # installs llama-cpp-python if missing, then this
+    .venv/bin/python benchmarks/bench.py         # full run (~15 min on 2 cores)
+    .venv/bin/python benchmarks/bench.py --quick # fewer tokens and trials, for a smoke test
+
+Same weights everywhere: SmolLM2-135M-Instruct from the GGUF that herd ships (Q4_1 blocks,
+Q8_0 embedding), dequantized by herd to fp32; the HF checkpoint is that fp32 model saved by
+herd; the llama.cpp files are the shipped Q4_1 GGUF and an F32 copy requantized by llama.cpp
+itself to BF16 and Q8_0 (benchmarks/artifacts.py). Each system x precision runs in its own
+process (clean peak RSS, no thread-pool interference), all with the same thread count.
+Measured: batch-1 decode (median per-token time), time to first token for 128- and
+2048-token prompts, aggregate throughput over a seeded ShareGPT-like mix at 1/8/32
+concurrent requests (herd; HF and llama.cpp run requests one after another), peak RSS, and
+the memory bandwidth of this machine in the same run.
 """
 from __future__ import annotations
 
@@ -13,245 +20,198 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+# (system, precision); precision labels follow each system's own names
+CONFIGS = [
+    ("membw", "-"),
+    ("herd", "fp32"), ("herd", "bf16"), ("herd", "int8"), ("herd", "int4"), ("herd", "fp32-torch"),
+    ("herd", "bf16-all"),
+    ("hf", "fp32"), ("hf", "bf16"),
+    ("llama.cpp", "F32"), ("llama.cpp", "BF16"), ("llama.cpp", "Q8_0"), ("llama.cpp", "Q4_1"),
+]
+# comparable precisions: (label, herd, HF or None, llama.cpp)
+GROUPS = [("fp32", "fp32", "fp32", "F32"), ("bf16", "bf16", "bf16", "BF16"),
+          ("int8 / Q8_0", "int8", None, "Q8_0"), ("int4 / Q4_1", "int4", None, "Q4_1")]
+CACHE = Path(os.environ.get("HERD_BENCH_CACHE", Path.home() / ".cache" / "herd-bench"))
 
 
-def workload(n: int, seed: int = 0) -> list[tuple[int, int]]:
-    """(prompt_tokens, output_tokens) pairs with ShareGPT-like long tails (lognormal), seeded."""
-    rng = random.Random(seed)
-    return [(min(1024, max(8, int(rng.lognormvariate(4.5, 0.8)))), min(256, max(16, int(rng.lognormvariate(4.3, 0.6)))))
-            for _ in range(n)]
+# ---- workers (one process per configuration) ---------------------------------------------
 
 
-def prompt_ids(tok_encode, n_tokens: int, salt: int = 0) -> list[int]:
-    words = ("the quick brown fox jumps over a lazy dog while seven wise owls watch quietly " * 400).split()
-    rng = random.Random(salt)
-    rng.shuffle(words)
-    ids = tok_encode(" ".join(words))
-    return ids[:n_tokens]
-
-
-# ---- one system per subprocess --------------------------------------------------------------
-
-
-def run_herd(args) -> dict:
+def membw(threads: int) -> dict:
+    """Read bandwidth: a 1 GiB fp32 sum (PyTorch) and herd's fp32 GEMV over 512 MiB; GB/s."""
     import torch
 
-    from herd.engine.engine import LLM
-    from herd.engine.request import SamplingParams
+    from herd.model import woq_cpu
 
-    kw = {}
-    if args.quantize != "none":
-        kw["quantize"] = args.quantize
-    llm = LLM(args.model, device="cpu", dtype=torch.float32, **kw)
-    enc = llm.tokenizer.encode
+    torch.set_num_threads(threads)
 
-    def gen(prompts, outs):
-        params = [SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for o in outs]
-        return llm.generate(prompts, params, use_tqdm=False)
+    def best(f, n=7):
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
 
-    return measure(gen, enc, args)
-
-
-def run_hf(args) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from herd import hub
-    from herd.tokenizer.tokenizer import load_tokenizer
-
-    path = hub.smollm2_gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    enc = load_tokenizer(path).encode
-
-    def gen(prompts, outs):
-        for p, o in zip(prompts, outs):
-            with torch.no_grad():
-                model.generate(torch.tensor([p]), max_new_tokens=o, min_new_tokens=o, do_sample=False,
-                               pad_token_id=0)
-
-    return measure(gen, enc, args)
+    a = torch.ones(1 << 28)  # 1 GiB
+    out = {"torch_sum_1GiB": a.numel() * 4 / best(a.sum) / 1e9}
+    w = a[: 1 << 27].view(-1, 1024)
+    x = torch.randn(1, 1024)
+    out["torch_gemv_512MiB"] = w.numel() * 4 / best(lambda: x @ w.t()) / 1e9
+    if woq_cpu.available():
+        out["herd_gemv_512MiB"] = w.numel() * 4 / best(lambda: woq_cpu.dense_mm(x, w)) / 1e9
+    out["bandwidth"] = max(out.values())
+    return out
 
 
-def run_llamacpp(args) -> dict:
-    from llama_cpp import Llama
+def measure(system: str, precision: str, spec: dict) -> dict:
+    from systems import HF, Herd, LlamaCpp, median_rate
+    from workload import make_workload, random_prompt
 
-    from herd import hub
-
-    llm = Llama(model_path=str(hub.smollm2_gguf_path()), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
-                verbose=False)
-
-    def enc(text):
-        return llm.tokenize(text.encode(), add_bos=False, special=False)
-
-    def gen(prompts, outs):
-        for p, o in zip(prompts, outs):
-            llm.reset()
-            n = 0
-            for tok in llm.generate(p, temp=0.0, reset=True):
-                n += 1
-                if n >= o:
-                    break
-
-    return measure(gen, enc, args)
-
-
-def measure(gen, enc, args) -> dict:
-    """The same measurements for every system, through its gen(prompts, outs)."""
-    res: dict = {}
-    p16 = prompt_ids(enc, 16)
-    gen([p16], [4])  # warm-up
+    threads = spec["threads"]
+    if system == "membw":
+        return membw(threads)
     t0 = time.perf_counter()
-    gen([p16], [1])
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gen([p16], [args.decode_tokens])
-    total = time.perf_counter() - t0
-    res["decode_tok_s"] = (args.decode_tokens - 1) / (total - first)
-    for n in (128, 2048):
-        p = prompt_ids(enc, n, salt=n)
-        t0 = time.perf_counter()
-        gen([p], [1])
-        res[f"ttft_{n}_ms"] = (time.perf_counter() - t0) * 1e3
-    for conc in args.concurrency:
-        work = workload(conc, seed=conc)
-        prompts = [prompt_ids(enc, pl, salt=i) for i, (pl, _) in enumerate(work)]
-        outs = [o for _, o in work]
-        t0 = time.perf_counter()
-        gen(prompts, outs)
-        res[f"throughput_{conc}_tok_s"] = sum(outs) / (time.perf_counter() - t0)
+    if system == "herd":
+        sysm = Herd(precision, threads)
+    elif system == "hf":
+        from artifacts import hf_checkpoint
+
+        sysm = HF(precision, threads, hf_checkpoint(CACHE))
+    else:
+        from artifacts import gguf_files
+
+        sysm = LlamaCpp(precision, threads, gguf_files(CACHE)[precision])
+    res: dict = {"load_s": time.perf_counter() - t0, "weight_bytes": sysm.weight_bytes}
+    n = spec["decode_tokens"]
+    times: list[float] = []
+    for trial in range(spec["decode_trials"]):
+        times += sysm.decode(random_prompt(128, seed=100 + trial), n)
+    res["decode_tok_s"] = median_rate(times)
+    res["decode_ms"] = 1e3 * statistics.median(times)
+    for plen, trials in ((128, spec["ttft_trials"]), (2048, spec["ttft_trials_long"])):
+        ts = [sysm.ttft(random_prompt(plen, seed=1000 * plen + t)) for t in range(trials)]
+        res[f"ttft_{plen}_s"] = statistics.median(ts)
+    reqs = make_workload(spec["workload_n"], seed=spec["seed"], scale=spec["workload_scale"])
+    conc = spec["concurrency"].get(f"{system}:{precision}", [])
+    for c in conc:
+        if c == 1 and system != "herd":
+            sub = reqs[: spec["sequential_n"]]  # one at a time: a rate, measured on a prefix
+        else:
+            sub = reqs
+        tokens, secs = sysm.run(sub, c)
+        res[f"tput_{c}"] = {"tokens": tokens, "seconds": secs, "tok_s": tokens / secs, "requests": len(sub)}
+    if system == "herd" and spec["profile"]:
+        res["profile_ms"] = sysm.profile_decode(random_prompt(128, seed=7))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
 
-def bandwidth_gbs() -> float:
-    """Read+write bandwidth of a large tensor copy with torch's threads (what decode streams at)."""
-    import torch
-
-    a = torch.ones(256 * 2**20 // 4)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    t0 = time.perf_counter()
-    reps = 20
-    for _ in range(reps):
-        b.copy_(a)
-    return 2 * a.numel() * 4 * reps / (time.perf_counter() - t0) / 1e9
+def worker_main(argv: list[str]) -> None:
+    system, precision, spec = argv[0], argv[1], json.loads(argv[2])
+    print("RESULT " + json.dumps(measure(system, precision, spec)), flush=True)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
+# ---- the run -----------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        info["cpu"] = fields.get("Model name", "?").strip()
+        info["cpus"] = fields.get("CPU(s)", "?").strip()
+        info["l3"] = fields.get("L3 cache", "?").strip()
+        flags = fields.get("Flags", "")
+        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags.split())
     except OSError:
         pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
+    with open("/proc/meminfo") as f:
+        info["ram_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
     from importlib.metadata import PackageNotFoundError, version
 
-    out = [f"Python {platform.python_version()}"]
-    for pkg in ("llama-herd", "torch", "transformers", "llama-cpp-python", "gguf"):
+    for pkg in ("torch", "transformers", "llama_cpp_python", "gguf", "llama-herd"):
         try:
-            out.append(f"{pkg} {version(pkg)}")
+            info[pkg] = version(pkg)
         except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out)
+            info[pkg] = "not installed"
+    return info
 
 
-def report(results: dict[str, dict], bw: float, weight_bytes: dict[str, float], args) -> str:
-    systems = list(results)
-    rows = [("batch-1 decode (tok/s)", "decode_tok_s", "{:.1f}"), ("TTFT, 128-token prompt (ms)", "ttft_128_ms", "{:.0f}"),
-            ("TTFT, 2048-token prompt (ms)", "ttft_2048_ms", "{:.0f}")]
-    rows += [(f"throughput, {c} requests (out tok/s)", f"throughput_{c}_tok_s", "{:.1f}") for c in args.concurrency]
-    rows += [("peak RSS (MB)", "peak_rss_mb", "{:.0f}")]
-    lines = ["| metric | " + " | ".join(systems) + " | herd / transformers | herd / llama.cpp |",
-             "|---|" + "---|" * (len(systems) + 2)]
-    for label, key, fmt in rows:
-        vals = [results[s].get(key) for s in systems]
-        cells = [fmt.format(v) if isinstance(v, (int, float)) else "n/a" for v in vals]
-        ratios = []
-        for other in ("transformers", "llama.cpp"):
-            h, o = results.get("herd", {}).get(key), results.get(other, {}).get(key)
-            if isinstance(h, (int, float)) and isinstance(o, (int, float)) and o:
-                better_low = key.startswith(("ttft", "peak"))
-                ratios.append(f"{(o / h if better_low else h / o):.2f}x")
-            else:
-                ratios.append("n/a")
-        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    bound_lines = []
-    for s in systems:
-        wb = weight_bytes.get(s)
-        tps = results[s].get("decode_tok_s")
-        if wb and tps:
-            bound = bw * 1e9 / wb
-            bound_lines.append(f"- {s}: {wb / 1e6:.0f} MB of weights read per token → bound {bound:.0f} tok/s; "
-                               f"measured {tps:.1f} tok/s = **{100 * tps / bound:.0f}%** of the bound")
-    return "\n".join([
-        "## Results", "",
-        f"Machine: {machine()}  ",
-        f"Versions: {versions()}  ",
-        f"Model: SmolLM2-135M-Instruct, the same GGUF (Q4_1) for all three; herd and transformers dequantize it "
-        f"to fp32 ({'herd weights: ' + args.quantize if args.quantize != 'none' else 'herd fp32'}), llama.cpp "
-        f"runs Q4_1 natively. Greedy, EOS ignored; {args.decode_tokens} decode tokens; ratios are higher-is-better "
-        f"for herd (for TTFT and RSS: other / herd).", "",
-        *lines, "",
-        f"Memory bandwidth (torch tensor copy, read + write): **{bw:.1f} GB/s**.", "",
-        *bound_lines, "",
-    ])
+def run_config(system: str, precision: str, spec: dict, log) -> dict | None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", system, precision, json.dumps(spec)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    log.write(f"== {system} {precision} ({time.time() - t0:.0f}s, rc={proc.returncode})\n{proc.stderr[-4000:]}\n")
+    log.flush()
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"  {system} {precision}: failed (rc={proc.returncode}); see the log", file=sys.stderr)
+    return None
 
 
-def main() -> int:
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--systems", default="herd,transformers,llama.cpp")
-    ap.add_argument("--decode-tokens", type=int, default=128)
-    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
-    ap.add_argument("--quantize", default="none", help="herd weight quantization (none, int8, int4)")
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="report file ('-' for stdout only)")
-    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: run one system, print JSON
-    args = ap.parse_args()
-    runners = {"herd": run_herd, "transformers": run_hf, "llama.cpp": run_llamacpp}
-    if args.only:
-        print(json.dumps(runners[args.only](args)))
-        return 0
-    results: dict[str, dict] = {}
-    for name in args.systems.split(","):
-        cmd = [sys.executable, __file__, "--only", name, "--decode-tokens", str(args.decode_tokens),
-               "--concurrency", ",".join(map(str, args.concurrency)), "--quantize", args.quantize, "--model", args.model]
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"[bench] {name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            results[name] = {}
-            continue
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
-    from herd import hub
-    from herd.model.weights import load_model
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and trials (a smoke test)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", default="", help="comma list of system:precision to run (e.g. herd:int4,llama.cpp:Q4_1)")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--json", default=str(HERE / "results.json"))
+    ap.add_argument("--log", default=str(CACHE / "bench.log"))
+    a = ap.parse_args()
+    spec = {
+        "threads": a.threads, "seed": 0,
+        "decode_tokens": 32 if a.quick else 128, "decode_trials": 1 if a.quick else 3,
+        "ttft_trials": 1 if a.quick else 3, "ttft_trials_long": 1 if a.quick else 2,
+        "workload_n": 8 if a.quick else 32, "workload_scale": 0.25 if a.quick else 0.5,
+        "sequential_n": 4 if a.quick else 8, "profile": True,
+        "concurrency": {"herd:fp32": [1, 8, 32], "herd:int4": [1, 8, 32], "herd:int8": [32], "herd:bf16": [32],
+                        "hf:fp32": [1], "llama.cpp:Q4_1": [1], "llama.cpp:F32": [1]},
+    }
+    only = {tuple(x.split(":", 1)) for x in a.only.split(",") if x}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    from artifacts import gguf_files, hf_checkpoint
 
-    fp32_bytes = sum(p.numel() * 4 for p in load_model(hub.smollm2_gguf_path()).parameters())
-    q41_bytes = hub.smollm2_gguf_path().stat().st_size
-    weights = {"herd": fp32_bytes if args.quantize == "none" else None, "transformers": fp32_bytes,
-               "llama.cpp": q41_bytes}
-    text = report(results, bandwidth_gbs(), weights, args)
-    print(text)
-    if args.out != "-":
-        Path(args.out).write_text(text)
-    return 0
+    hf_checkpoint(CACHE)
+    try:
+        gguf_files(CACHE)
+    except ImportError:
+        print("llama-cpp-python is not installed: `make bench` installs it", file=sys.stderr)
+        raise
+    results: dict = {"machine": machine(), "spec": spec, "load_before": os.getloadavg(),
+                     "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
+    with open(a.log, "w") as log:
+        for system, precision in CONFIGS:
+            if only and (system, precision) not in only and system != "membw":
+                continue
+            print(f"{system} {precision} ...", flush=True)
+            r = run_config(system, precision, spec, log)
+            if r is not None:
+                results["runs"][f"{system}:{precision}"] = r
+    results["load_after"] = os.getloadavg()
+    Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    from report import render
+
+    Path(a.out).write_text(render(results, (HERE / "analysis.md").read_text()))
+    print(f"wrote {a.out} and {a.json}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

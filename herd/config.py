@@ -275,6 +275,7 @@ class EngineConfig:
     long_prefill_token_threshold: int = 0  # cap one prompt's chunk per step (0: budget only)
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # prompt + output cap; None: the model's context length
+    compile_decode: bool = False  # torch.compile the decode-only steps (slow first steps, then faster)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

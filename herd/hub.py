@@ -98,8 +98,12 @@ def load(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    quantize: str | None = None,
 ):
-    """Load (model, tokenizer) for a reference; random:<preset> weights come from `seed`."""
+    """Load (model, tokenizer) for a reference; random:<preset> weights come from `seed`.
+
+    quantize: None keeps plain nn.Linear layers; "bf16" / "int8" / "int4" swap in weight-only
+    quantized ones and "none" herd's CPU GEMV over the unquantized weights (herd/model/quantize.py)."""
     from herd.model.llama import Transformer
     from herd.model.weights import load_model
 
@@ -113,6 +117,10 @@ def load(
         model = load_model(ref.path, dtype=dtype, device=device)
     if not isinstance(model, Transformer):  # pragma: no cover - guards the contract
         raise TypeError("load_model must return a herd Transformer")
+    if quantize is not None:
+        from herd.model.quantize import quantize_model
+
+        quantize_model(model, quantize)
     return model.eval(), tokenizer
 
 

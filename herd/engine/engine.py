@@ -75,7 +75,7 @@ class LLMEngine:
             self.kv, config.max_num_batched_tokens, config.max_num_seqs,
             config.long_prefill_token_threshold, tokenizer.stop_ids, self.max_model_len,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.compile_decode)
         self.seqs: dict[str, _Seq] = {}
         self.groups: dict[str, _Group] = {}
         self._grammars = None
@@ -264,13 +264,17 @@ class LLM:
         device: str | torch.device | None = None,
         seed: int = 0,
         engine_config: EngineConfig | None = None,
+        quantize: str | None = "none",
     ):
+        """quantize: "none" (weights as loaded, herd's CPU GEMV for decode), "bf16", "int8" or
+        "int4" (weight-only; int8 / int4 are GGUF Q8_0 / Q4_1's numbers), or None (plain PyTorch
+        layers)."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise HerdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
             dtype = DTYPES[dtype]
         self.ref = hub.resolve(model)
-        self.model, self.tokenizer = hub.load(self.ref, dtype=dtype, device=device, seed=seed)
+        self.model, self.tokenizer = hub.load(self.ref, dtype=dtype, device=device, seed=seed, quantize=quantize)
         self.prompter = Prompter(self.tokenizer)
         self.engine = LLMEngine(self.model, self.tokenizer, engine_config)
 

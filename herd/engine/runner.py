@@ -26,14 +26,18 @@ class PagedKVCache:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int):
         a = model.args
         w = model.tok_embeddings.weight
-        shape = (a.n_layers, num_blocks * block_size, a.kv_heads, a.hd)
+        # (Hkv, slots, hd): a gather of slots gives each KV head a contiguous (slots, hd) matrix,
+        # so batched decode attention runs as plain batched matmuls without relayout copies
+        shape = (a.kv_heads, num_blocks * block_size, a.hd)
+        # one tensor per layer, not a view of one big tensor: torch.compile then updates a layer's
+        # slots in place instead of copying the whole cache back after the write
         # empty, not zeros: the OS maps pages as they are first written, so a large pool costs no
         # time or RSS up front; a slot is always written before it is read, except the null block
         # (padding of decode batches, masked out), which must hold finite values: zero it
-        self.k = torch.empty(shape, dtype=w.dtype, device=w.device)
-        self.v = torch.empty(shape, dtype=w.dtype, device=w.device)
-        self.k[:, :block_size].zero_()
-        self.v[:, :block_size].zero_()
+        self.k = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in range(a.n_layers)]
+        self.v = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in range(a.n_layers)]
+        for t in (*self.k, *self.v):
+            t[:, :block_size].zero_()
         self.block_size = block_size
         self.device = w.device
 
@@ -75,20 +79,24 @@ class PagedKVCache:
             for i, sl in enumerate(dec_slots):
                 padded[i, : len(sl)] = sl
             self.dec_slots = padded.to(self.device)
+            self.dec_slots_flat = self.dec_slots.view(-1)
             lens = torch.tensor(dec_lens, device=self.device)
             self.dec_valid = torch.arange(width, device=self.device)[None, :] < lens[:, None]  # (Bd, S)
+            self.dec_pad = ~self.dec_valid[None, :, None, :]  # (1, Bd, 1, S), computed once per step
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
         kc, vc = self.k[layer], self.v[layer]
-        kc.index_copy_(0, self.slot_mapping, k[0].transpose(0, 1))  # (N, Hkv, hd) into their slots
-        vc.index_copy_(0, self.slot_mapping, v[0].transpose(0, 1))
+        kc.index_copy_(1, self.slot_mapping, k[0])  # (Hkv, N, hd) into their slots
+        vc.index_copy_(1, self.slot_mapping, v[0])
         _, h, n, d = q.shape
+        if not self.prefills:  # all rows decode, in order: no scatter into an output buffer
+            return self._decode(q[0], kc, vc).transpose(0, 1)[None]
         out = torch.empty_like(q)
         for p in self.prefills:
             rows = slice(p.q_start, p.q_start + p.q_len)
-            ks = kc[p.slots].permute(1, 0, 2)[None]  # (1, Hkv, S, hd)
-            vs = vc[p.slots].permute(1, 0, 2)[None]
+            ks = kc.index_select(1, p.slots)[None]  # (1, Hkv, S, hd)
+            vs = vc.index_select(1, p.slots)[None]
             out[:, :, rows] = attention(q[:, :, rows], ks, vs, p.slots.shape[0] - p.q_len)
         if len(self.dec_rows):
             out[0, :, self.dec_rows] = self._decode(q[0, :, self.dec_rows], kc, vc).transpose(0, 1)
@@ -97,23 +105,31 @@ class PagedKVCache:
     def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """One query per request: q (H, Bd, hd) → (Bd, H, hd), over each request's own slots."""
         h, bd, d = q.shape
-        ks = kc[self.dec_slots]  # (Bd, S, Hkv, hd)
-        vs = vc[self.dec_slots]
-        hkv = ks.shape[2]
-        qg = q.transpose(0, 1).reshape(bd, hkv, h // hkv, d)  # query heads grouped by KV head
-        scores = torch.einsum("bgrd,bsgd->bgrs", qg, ks).float() * d**-0.5  # (Bd, Hkv, rep, S)
-        scores = scores.masked_fill(~self.dec_valid[:, None, None, :], float("-inf"))
+        hkv = kc.shape[0]
+        # index_select of whole rows: a plain gather, far cheaper per call than advanced indexing
+        ks = kc.index_select(1, self.dec_slots_flat).view(hkv, bd, -1, d)  # (Hkv, Bd, S, hd)
+        vs = vc.index_select(1, self.dec_slots_flat).view(ks.shape)
+        qg = q.view(hkv, h // hkv, bd, d).transpose(1, 2)  # (Hkv, Bd, rep, hd): heads grouped by KV head
+        # matmuls rather than einsum: same contraction, less per-call overhead in decode
+        scores = (qg @ ks.transpose(-1, -2)).float() * d**-0.5  # (Hkv, Bd, rep, S)
+        scores = scores.masked_fill(self.dec_pad, float("-inf"))
         probs = torch.softmax(scores, dim=-1).type_as(q)
-        return torch.einsum("bgrs,bsgd->bgrd", probs, vs).reshape(bd, h, d)
+        out = probs @ vs  # (Hkv, Bd, rep, hd)
+        return out.permute(1, 0, 2, 3).reshape(bd, h, d)  # (Bd, H, hd)
 
 
 class ModelRunner:
     """Runs the model over a SchedulerOutput and returns logits of the rows that sample."""
 
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int):
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, compile_decode: bool = False):
         self.model = model
         self.cache = PagedKVCache(model, num_blocks, block_size)
         self.device = model.tok_embeddings.weight.device
+        # steps that only decode run a compiled forward (Python per-op overhead dominates a small
+        # model's decode); steps with prefills stay eager, so prompt shapes never recompile it
+        self._decode_forward = None
+        if compile_decode:  # measured on the 2-core CPU: minutes to compile and no faster (BENCHMARKS.md)
+            self._decode_forward = torch.compile(model.forward_flat, dynamic=True)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[torch.Tensor, list[str]]:
@@ -131,5 +147,8 @@ class ModelRunner:
         tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
         pos = torch.cat(positions).to(self.device)
         idx = torch.tensor(logits_rows, dtype=torch.long, device=self.device)
-        logits = self.model.forward_flat(tok, pos, self.cache, idx)
+        forward = self.model.forward_flat
+        if self._decode_forward is not None and not self.cache.prefills:
+            forward = self._decode_forward
+        logits = forward(tok, pos, self.cache, idx)
         return logits, sampling_ids

@@ -58,10 +58,9 @@ def rope_cos_sin(freqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Te
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, H, T, hd); cos/sin (B or 1, 1, T, hd/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    # as complex numbers x0 + i*x1 times cos + i*sin: the same products in fewer (decode-bound) ops
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, hd/2)
+    return torch.view_as_real(xc * torch.complex(cos, sin)).flatten(-2).type_as(x)
 
 
 # ---- KV cache -------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Weight-only int8 / int4 quantization as module swaps, applied from outside the model.
+
+    model = quantize_model(model, "int8")   # every nn.Linear -> Int8Linear (in place)
+
+Decode reads every weight once per token, so it is bound by memory bandwidth: int8 weights
+read 4x fewer bytes than fp32, int4 (Q4_1 style) about 6x. Activations keep the model's dtype.
+For a few activation rows (decode) the layers call herd's CPU kernels (`woq_cpu`): PyTorch's
+own weight-only CPU kernels (`aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what
+gpt-fast uses) were 2-4x slower than the fp32 GEMV on the benchmark machine. For many rows
+(prefill, big batches), and on other devices, a layer dequantizes its weights for the dense
+GEMM.
+
+Under "int4" the output head is int8 (as GGUF files keep the embedding / head at 8 bits):
+its logits are the most sensitive to rounding. Tied embeddings stay in the model's dtype for
+the lookup, which reads one row per token.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from herd.errors import HerdError
+from herd.model import woq_cpu
+
+Mode = Literal["none", "bf16", "int8", "int4"]
+MODES: tuple[str, ...] = ("none", "bf16", "int8", "int4")
+# above this many activation rows (prefill, big batches) a layer dequantizes its weights and
+# uses the dense GEMM, which wins there (measured crossover ~48-64 rows for SmolLM2's layers)
+DENSE_ROWS = 48
+
+
+def _kernel(layer: nn.Module, x: torch.Tensor):
+    """herd's kernel for this call, or None for the PyTorch path: few rows on the CPU, and no
+    autograd (the kernels have no backward; the engine runs under inference_mode)."""
+    if layer.kernel is None or torch.is_grad_enabled() or not x.is_cpu:
+        return None
+    return layer.kernel if x.numel() <= DENSE_ROWS * layer.in_features else None
+
+
+def _kernels_for(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and woq_cpu.available()
+
+
+def _run(kernel, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x.dtype is not torch.float32:  # the kernels take fp32 activations
+        return kernel(x2.float().contiguous(), *weights).to(x.dtype).view(*x.shape[:-1], -1)
+    return kernel(x2.contiguous(), *weights).view(*x.shape[:-1], -1)
+
+
+class DenseLinear(nn.Module):
+    """An fp32 / bf16 Linear (no bias) whose few-row products use herd's CPU GEMV kernel: the
+    library GEMV streamed weights at a third of the memory bandwidth on the benchmark machine.
+    Shares the original weight tensor (no copy)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        ok = weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous() and _kernels_for(weight)
+        self.kernel = woq_cpu.kernel("dense_mm") if ok else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "DenseLinear":
+        return cls(linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _kernel(self, x)
+        if kernel is not None:
+            return _run(kernel, x, self.weight)
+        # many rows: the library GEMM in the weights' dtype (bf16 weights: a bf16 GEMM)
+        return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}"
+
+
+class Int8Linear(nn.Module):
+    """Symmetric int8 weights with an fp16 scale per group of 32 along the input dim (GGUF
+    Q8_0's numbers: w = q * d, q in -127..127); one group per row when 32 does not divide it."""
+
+    GROUP = 32
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group_size = self.in_features // scales.shape[1]
+        self.register_buffer("weight", weight)  # (N, K) int8
+        self.register_buffer("scales", scales)  # (N, K / group_size) fp16
+        self.kernels = _kernels_for(weight)  # decided once, not per call
+        self.kernel = woq_cpu.kernel("int8_mm") if self.kernels and self.group_size % 16 == 0 else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        gs = cls.GROUP if k % cls.GROUP == 0 else k
+        wg = w.view(n, k // gs, gs)
+        d = (wg.abs().amax(dim=-1) / 127.0).half()  # rounded first: q is computed against it
+        q = torch.round(wg / d.float().clamp(min=1e-12)[..., None]).clamp(-127, 127).to(torch.int8)
+        return cls(q.view(n, k).contiguous(), d.contiguous())
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.kernels and self.weight.device.type == "cpu":
+            return torch.ops.herd_woq.int8_dequant(self.weight, self.scales).to(dtype)
+        n, k = self.out_features, self.in_features
+        w = self.weight.view(n, -1, self.group_size).float() * self.scales.float()[..., None]
+        return w.view(n, k).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _kernel(self, x)
+        if kernel is not None:
+            return _run(kernel, x, self.weight, self.scales)
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+class Int4Linear(nn.Module):
+    """Asymmetric int4 weights in groups of 32 along the input dim, GGUF Q4_1's numbers and
+    layout: per group 16 bytes (element j in the low nibble of byte j, element j+16 in the high
+    nibble) and an fp16 (scale d, minimum m); w = q * d + m with q in 0..15."""
+
+    GROUP = 32
+
+    def __init__(self, weight: torch.Tensor, scale_min: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape[0], weight.shape[1] * 2
+        self.register_buffer("weight", weight)  # (N, K/2) uint8
+        self.register_buffer("scale_min", scale_min)  # (N, K/32, 2) fp16
+        self.kernels = _kernels_for(weight)
+        self.kernel = woq_cpu.kernel("int4_mm") if self.kernels else None
+
+    @classmethod
+    def supports(cls, linear: nn.Linear) -> bool:
+        return linear.in_features % cls.GROUP == 0
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        wg = w.view(n, k // cls.GROUP, cls.GROUP)
+        lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)  # (N, G)
+        d = ((hi - lo) / 15.0).half()
+        m = lo.half()  # rounded first, so q is computed against the scale and minimum kept
+        df = d.float().clamp(min=1e-12)
+        q = torch.round((wg - m.float()[..., None]) / df[..., None]).clamp(0, 15).to(torch.uint8)
+        packed = q[..., :16] | (q[..., 16:] << 4)  # (N, G, 16)
+        return cls(packed.reshape(n, k // 2).contiguous(), torch.stack([d, m], dim=-1).contiguous())
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.kernels and self.weight.device.type == "cpu":
+            return torch.ops.herd_woq.int4_dequant(self.weight, self.scale_min).to(dtype)
+        n, k = self.out_features, self.in_features
+        b = self.weight.view(n, k // self.GROUP, 16)
+        q = torch.cat([b & 15, b >> 4], dim=-1).float()  # (N, G, 32)
+        dm = self.scale_min.float()
+        return (q * dm[..., :1] + dm[..., 1:]).view(n, k).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _kernel(self, x)
+        if kernel is not None:
+            return _run(kernel, x, self.weight, self.scale_min)
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.GROUP}"
+
+
+def _swap(model: nn.Module, make) -> int:
+    """Replace every nn.Linear child that `make(name, linear)` maps to a module; returns the count."""
+    count = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                full = f"{parent_name}.{name}" if parent_name else name
+                new = make(full, child)
+                if new is not None:
+                    setattr(parent, name, new)
+                    count += 1
+    return count
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
+    """Swap the model's nn.Linear layers, in place; returns the model.
+
+    "bf16": bf16 weights with the model's activations (fp32 on the CPU: decode streams half the
+    bytes, computes in fp32). "int8": Q8_0-style int8 weights. "int4": Q4_1-style int4 (groups of 32; a layer whose input
+    width is not a multiple of 32 stays int8) with the output head int8. "none": weights as
+    they are, but on a CPU with herd's kernels built the few-row products use its GEMV
+    (DenseLinear). Embeddings, norms and everything else are left as they are.
+    """
+    if mode not in MODES:
+        raise HerdError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
+
+    def make(name: str, linear: nn.Linear) -> nn.Module | None:
+        if linear.bias is not None:
+            raise HerdError(f"{name}: weight-only quantization here is for bias-free Linear layers")
+        if not linear.weight.is_floating_point():
+            raise HerdError(f"{name}: expected floating-point weights, got {linear.weight.dtype}")
+        if mode == "bf16":  # weight-only: bf16 weights (half the bytes), activations as they are
+            return DenseLinear(linear.weight.detach().to(torch.bfloat16))
+        if mode == "none":
+            cpu = linear.weight.device.type == "cpu" and linear.weight.dtype in (torch.float32, torch.bfloat16)
+            return DenseLinear.from_linear(linear) if cpu and woq_cpu.available() else None
+        if mode == "int4" and name != "output" and Int4Linear.supports(linear):
+            return Int4Linear.from_linear(linear)
+        return Int8Linear.from_linear(linear)
+
+    _swap(model, make)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of projection weights one decode step reads (every Linear-like layer once)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, DenseLinear)):
+            total += m.weight.numel() * m.weight.element_size()
+        elif isinstance(m, (Int8Linear, Int4Linear)):
+            total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
+    return total
