@@ -53,7 +53,7 @@ def membw(threads: int) -> dict:
     """Read bandwidth: a 1 GiB fp32 sum (PyTorch) and herd's fp32 GEMV over 512 MiB; GB/s."""
     import torch
 
-    from herd.model import woq_cpu
+    from herd.model import cpu_kernels
 
     torch.set_num_threads(threads)
 
@@ -70,8 +70,8 @@ def membw(threads: int) -> dict:
     w = a[: 1 << 27].view(-1, 1024)
     x = torch.randn(1, 1024)
     out["torch_gemv_512MiB"] = w.numel() * 4 / best(lambda: x @ w.t()) / 1e9
-    if woq_cpu.available():
-        out["herd_gemv_512MiB"] = w.numel() * 4 / best(lambda: woq_cpu.dense_mm(x, w)) / 1e9
+    if cpu_kernels.available():
+        out["herd_gemv_512MiB"] = w.numel() * 4 / best(lambda: cpu_kernels.dense_mm(x, w)) / 1e9
     out["bandwidth"] = max(out.values())
     return out
 
@@ -182,8 +182,9 @@ def main() -> None:
         "ttft_trials": 1 if a.quick else 3, "ttft_trials_long": 1 if a.quick else 2,
         "workload_n": 8 if a.quick else 32, "workload_scale": 0.25 if a.quick else 0.5,
         "sequential_n": 4 if a.quick else 8, "profile": True,
-        "concurrency": {"herd:fp32": [1, 8, 32], "herd:int4": [1, 8, 32], "herd:int8": [32], "herd:bf16": [32],
-                        "hf:fp32": [1], "llama.cpp:Q4_1": [1], "llama.cpp:F32": [1]},
+        "concurrency": {"herd:fp32": [1, 8, 32], "herd:bf16": [1, 8, 32], "herd:int8": [32], "herd:int4": [1, 8, 32],
+                        "hf:fp32": [1], "hf:bf16": [1], "llama.cpp:F32": [1], "llama.cpp:BF16": [1],
+                        "llama.cpp:Q4_1": [1]},
     }
     only = {tuple(x.split(":", 1)) for x in a.only.split(",") if x}
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -102,8 +102,10 @@ def load(
 ):
     """Load (model, tokenizer) for a reference; random:<preset> weights come from `seed`.
 
-    quantize: None keeps plain nn.Linear layers; "bf16" / "int8" / "int4" swap in weight-only
-    quantized ones and "none" herd's CPU GEMV over the unquantized weights (herd/model/quantize.py)."""
+    quantize: None keeps the plain reference model (llama.py); otherwise the blocks are swapped for
+    fused ones (herd/model/fused.py) whose projections are then "bf16" / "int8" / "int4"
+    weight-only quantized, or "none": the weights as loaded, run by herd's CPU GEMV
+    (herd/model/quantize.py)."""
     from herd.model.llama import Transformer
     from herd.model.weights import load_model
 
@@ -118,9 +120,10 @@ def load(
     if not isinstance(model, Transformer):  # pragma: no cover - guards the contract
         raise TypeError("load_model must return a herd Transformer")
     if quantize is not None:
+        from herd.model.fused import fuse_model
         from herd.model.quantize import quantize_model
 
-        quantize_model(model, quantize)
+        quantize_model(fuse_model(model), quantize)
     return model.eval(), tokenizer
 
 

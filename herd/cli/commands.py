@@ -38,7 +38,8 @@ def load_llm(args: argparse.Namespace):
 
     params, config = sampling_params(args), engine_config(args)  # validate before the (slow) load
     print(f"loading {args.model or 'smollm2-135m-instruct'} ...", file=sys.stderr, flush=True)
-    return LLM(args.model, dtype=args.dtype, device=args.device, engine_config=config), params
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, engine_config=config, quantize=args.quantize)
+    return llm, params
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

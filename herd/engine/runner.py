@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from herd.engine.scheduler import SchedulerOutput
+from herd.model import cpu_kernels
 from herd.model.llama import Transformer, attention
 
 
@@ -40,6 +41,11 @@ class PagedKVCache:
             t[:, :block_size].zero_()
         self.block_size = block_size
         self.device = w.device
+        # herd's paged decode-attention kernel: reads each sequence's K/V in place through its
+        # slot list (no gather copy, no padded columns); fp32 queries on the CPU
+        self._paged = None
+        if self.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and cpu_kernels.available():
+            self._paged = cpu_kernels.kernel("paged_decode")
 
     @staticmethod
     def bytes_per_block(model: Transformer, block_size: int, dtype: torch.dtype) -> int:
@@ -80,9 +86,16 @@ class PagedKVCache:
                 padded[i, : len(sl)] = sl
             self.dec_slots = padded.to(self.device)
             self.dec_slots_flat = self.dec_slots.view(-1)
-            lens = torch.tensor(dec_lens, device=self.device)
+            lens = self.dec_lens = torch.tensor(dec_lens, device=self.device)
             self.dec_valid = torch.arange(width, device=self.device)[None, :] < lens[:, None]  # (Bd, S)
             self.dec_pad = ~self.dec_valid[None, :, None, :]  # (1, Bd, 1, S), computed once per step
+
+    def decode_args(self, layer: int) -> tuple[torch.Tensor, ...] | None:
+        """(K cache, V cache, slot mapping, slot lists, lengths) of a layer when every row of this
+        step is one sequence's next token (what `cpu_kernels.decode_layer` runs), else None."""
+        if self.prefills or self._paged is None:
+            return None
+        return self.k[layer], self.v[layer], self.slot_mapping, self.dec_slots, self.dec_lens
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
@@ -104,6 +117,8 @@ class PagedKVCache:
 
     def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """One query per request: q (H, Bd, hd) → (Bd, H, hd), over each request's own slots."""
+        if self._paged is not None and q.dtype is torch.float32:
+            return self._paged(q.transpose(0, 1).contiguous(), kc, vc, self.dec_slots, self.dec_lens)
         h, bd, d = q.shape
         hkv = kc.shape[0]
         # index_select of whole rows: a plain gather, far cheaper per call than advanced indexing

@@ -4,7 +4,7 @@
 
 Decode reads every weight once per token, so it is bound by memory bandwidth: int8 weights
 read 4x fewer bytes than fp32, int4 (Q4_1 style) about 6x. Activations keep the model's dtype.
-For a few activation rows (decode) the layers call herd's CPU kernels (`woq_cpu`): PyTorch's
+For a few activation rows (decode) the layers call herd's CPU kernels (`cpu_kernels`): PyTorch's
 own weight-only CPU kernels (`aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what
 gpt-fast uses) were 2-4x slower than the fp32 GEMV on the benchmark machine. For many rows
 (prefill, big batches), and on other devices, a layer dequantizes its weights for the dense
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.errors import HerdError
-from herd.model import woq_cpu
+from herd.model import cpu_kernels
 
 Mode = Literal["none", "bf16", "int8", "int4"]
 MODES: tuple[str, ...] = ("none", "bf16", "int8", "int4")
@@ -41,7 +41,7 @@ def _kernel(layer: nn.Module, x: torch.Tensor):
 
 
 def _kernels_for(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and woq_cpu.available()
+    return weight.device.type == "cpu" and cpu_kernels.available()
 
 
 def _run(kernel, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,8 @@ def _run(kernel, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
 class DenseLinear(nn.Module):
     """An fp32 / bf16 Linear (no bias) whose few-row products use herd's CPU GEMV kernel: the
     library GEMV streamed weights at a third of the memory bandwidth on the benchmark machine.
+    With bf16 weights on a CPU with AVX512-BF16 the kernel rounds the activations to bf16 for
+    the product (vdpbf16ps, sums in fp32), as a bf16 GEMM does; elsewhere it widens the weights.
     Shares the original weight tensor (no copy)."""
 
     def __init__(self, weight: torch.Tensor):
@@ -62,7 +64,7 @@ class DenseLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
         ok = weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous() and _kernels_for(weight)
-        self.kernel = woq_cpu.kernel("dense_mm") if ok else None
+        self.kernel = cpu_kernels.kernel("dense_mm") if ok else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "DenseLinear":
@@ -92,7 +94,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)  # (N, K) int8
         self.register_buffer("scales", scales)  # (N, K / group_size) fp16
         self.kernels = _kernels_for(weight)  # decided once, not per call
-        self.kernel = woq_cpu.kernel("int8_mm") if self.kernels and self.group_size % 16 == 0 else None
+        self.kernel = cpu_kernels.kernel("int8_mm") if self.kernels and self.group_size % 16 == 0 else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -134,7 +136,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight", weight)  # (N, K/2) uint8
         self.register_buffer("scale_min", scale_min)  # (N, K/32, 2) fp16
         self.kernels = _kernels_for(weight)
-        self.kernel = woq_cpu.kernel("int4_mm") if self.kernels else None
+        self.kernel = cpu_kernels.kernel("int4_mm") if self.kernels else None
 
     @classmethod
     def supports(cls, linear: nn.Linear) -> bool:
@@ -172,6 +174,20 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.GROUP}"
 
 
+def kernel_args(layer: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(format, tensor, tensor) for a projection whose decode runs herd's kernel, as
+    `cpu_kernels.decode_layer` takes it (0 dense, 1 int8, 2 int4), or None."""
+    if getattr(layer, "kernel", None) is None:
+        return None
+    if isinstance(layer, DenseLinear):
+        return 0, layer.weight, layer.weight
+    if isinstance(layer, Int8Linear):
+        return 1, layer.weight, layer.scales
+    if isinstance(layer, Int4Linear):
+        return 2, layer.weight, layer.scale_min
+    return None
+
+
 def _swap(model: nn.Module, make) -> int:
     """Replace every nn.Linear child that `make(name, linear)` maps to a module; returns the count."""
     count = 0
@@ -190,9 +206,11 @@ def _swap(model: nn.Module, make) -> int:
 def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
     """Swap the model's nn.Linear layers, in place; returns the model.
 
-    "bf16": bf16 weights with the model's activations (fp32 on the CPU: decode streams half the
-    bytes, computes in fp32). "int8": Q8_0-style int8 weights. "int4": Q4_1-style int4 (groups of 32; a layer whose input
-    width is not a multiple of 32 stays int8) with the output head int8. "none": weights as
+    "bf16": bf16 weights with the model's activations between layers (fp32 on the CPU): decode
+    streams half the bytes; the products round activations to bf16 where the CPU has
+    AVX512-BF16, else widen the weights. "int8": Q8_0-style int8 weights. "int4": Q4_1-style
+    int4 (groups of 32; a layer whose input width is not a multiple of 32 stays int8) with the
+    output head int8. "none": weights as
     they are, but on a CPU with herd's kernels built the few-row products use its GEMV
     (DenseLinear). Embeddings, norms and everything else are left as they are.
     """
@@ -208,7 +226,7 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
             return DenseLinear(linear.weight.detach().to(torch.bfloat16))
         if mode == "none":
             cpu = linear.weight.device.type == "cpu" and linear.weight.dtype in (torch.float32, torch.bfloat16)
-            return DenseLinear.from_linear(linear) if cpu and woq_cpu.available() else None
+            return DenseLinear.from_linear(linear) if cpu and cpu_kernels.available() else None
         if mode == "int4" and name != "output" and Int4Linear.supports(linear):
             return Int4Linear.from_linear(linear)
         return Int8Linear.from_linear(linear)

@@ -41,6 +41,8 @@ class ModelSpec:
     model: str | None = None  # model reference; None: the id is the reference
     type: ModelType = "llm"
     dtype: str | None = None  # float32 / bfloat16 / float16; None: by device
+    # weight-only quantization (herd/model/quantize.py); "none": the weights as loaded
+    quantize: Literal["none", "bf16", "int8", "int4"] = "none"
     device: str | None = None
     seed: int = 0  # random:<preset> weights
     tool_prompt_format: Literal["json", "function_tag", "python_list"] = "json"

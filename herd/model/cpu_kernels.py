@@ -1,15 +1,23 @@
-"""CPU matrix-vector kernels for weight-only int8 / int4 layers (few rows of activations).
+"""herd's CPU kernels for the decode step, compiled once (torch.utils.cpp_extension, ~30 s,
+cached under ~/.cache/torch_extensions).
 
 Decode multiplies one activation row per sequence by every weight matrix, so it is bound by
-how fast the weights stream from memory. PyTorch's own weight-only CPU kernels
-(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) ran 2-4x *slower* than the fp32 GEMV
-on the benchmark machine (see BENCHMARKS.md), so herd compiles these two small loops once
-(torch.utils.cpp_extension, cached under ~/.cache/torch_extensions): fp32 activations and
-weights as GGUF stores them: int8 in groups with an fp16 scale (Q8_0: w = q * d), or int4
-in groups of 32 (Q4_1: 16 bytes of nibbles, element j in the low nibble of byte j and element
-j+16 in the high one, with an fp16 scale and minimum: w = q * d + m). AVX-512 code on CPUs that have it, a plain
-loop elsewhere. When no C++ compiler is available `available()` is False and the layers fall
-back to PyTorch ops.
+how fast the weights stream from memory, and, for a small model, by how many operations a step
+runs. Two families:
+
+- Matrix products for few activation rows: fp32 / bf16 weights (`dense_mm`: the library GEMV
+  streamed at a third of the bandwidth on the benchmark machine) and weights as GGUF stores
+  them: int8 in groups with an fp16 scale (Q8_0: w = q * d), or int4 in groups of 32 (Q4_1:
+  16 bytes of nibbles, element j in the low nibble of byte j and element j+16 in the high one,
+  with an fp16 scale and minimum: w = q * d + m). PyTorch's own weight-only CPU kernels
+  (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) ran 2-4x *slower* than the fp32 GEMV
+  there (see BENCHMARKS.md).
+- Fused decode ops, each replacing several PyTorch ops: `rms_norm`, `rope`, `silu_mul`, and
+  `paged_decode`, attention of one query per sequence over its K/V read in place through the
+  paged cache's slot lists (no gather copy, no padding computed).
+
+AVX-512 code on CPUs that have it, plain loops elsewhere. When no C++ compiler is available
+`available()` is False and every caller falls back to PyTorch ops.
 """
 from __future__ import annotations
 
@@ -281,6 +289,60 @@ at::Tensor int4_mm(at::Tensor x, at::Tensor w, at::Tensor dm) {
   return y;
 }
 
+// bf16 weights on CPUs with AVX512-BF16: activations rounded to bf16 once per call, then one
+// vdpbf16ps per 32 weights (pairs multiplied, summed in fp32) instead of widening every weight
+template <int MB>
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static inline void bf_tile(const uint16_t* x, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n) {
+  const uint16_t* wr[4] = {w + n * K, w + (n + 1) * K, w + (n + 2) * K, w + (n + 3) * K};
+  __m512 acc[MB][4];
+  for (int m = 0; m < MB; ++m) for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512i wv[4];
+    for (int r = 0; r < 4; ++r) {
+      _mm_prefetch((const char*)(wr[r] + k) + PF, _MM_HINT_T0);
+      wv[r] = _mm512_loadu_si512((const void*)(wr[r] + k));
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512i xv = _mm512_loadu_si512((const void*)(x + m * K + k));
+      for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], (__m512bh)wv[r], (__m512bh)xv);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < 4; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+static void bf_rows_ref(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0, int64_t n1) {
+  auto f = [](uint16_t h) { uint32_t b = (uint32_t)h << 16; float v; std::memcpy(&v, &b, 4); return v; };
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += f(x[m * K + k]) * f(w[n * K + k]);
+      y[m * N + n] = acc;
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static void bf_rows_avx512(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t m = 0; m < M; m += 4) {
+      const uint16_t* xm = x + m * K; float* ym = y + m * N;
+      switch (std::min<int64_t>(4, M - m)) {
+        case 4: bf_tile<4>(xm, K, w, ym, N, n); break;
+        case 3: bf_tile<3>(xm, K, w, ym, N, n); break;
+        case 2: bf_tile<2>(xm, K, w, ym, N, n); break;
+        default: bf_tile<1>(xm, K, w, ym, N, n);
+      }
+    }
+  bf_rows_ref(x, M, K, w, y, N, n, n1);
+}
+
+static bool has_avx512bf16() {
+  static const bool ok = has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return ok;
+}
+
 at::Tensor dense_mm(at::Tensor x, at::Tensor w) {
   // w (N, K) fp32 or bf16, x (M, K) fp32 -> (M, N) fp32
   const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
@@ -291,6 +353,15 @@ at::Tensor dense_mm(at::Tensor x, at::Tensor w) {
   const bool fast = has_avx512();
   const int64_t bytes = K * w.element_size();
   const int64_t grain = std::max<int64_t>(4, ((131072 / std::max<int64_t>(bytes, 1)) + 3) & ~int64_t(3));
+  if (w.scalar_type() == at::kBFloat16 && K % 32 == 0 && has_avx512bf16()) {
+    auto xb = x.to(at::kBFloat16);  // round to nearest even, once for all weight rows
+    const uint16_t* xbp = reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>());
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+    at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
+      bf_rows_avx512(xbp, M, K, wp, yp, N, b * 4, std::min(N, e * 4));
+    });
+    return y;
+  }
   at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
     const int64_t n0 = b * 4, n1 = std::min(N, e * 4);
     if (w.scalar_type() == at::kFloat) {
@@ -339,6 +410,202 @@ at::Tensor int4_dequant(at::Tensor w, at::Tensor dm) {
   return out;
 }
 
+// ---- decode-step element-wise ops, fused (each replaces 2-10 PyTorch ops and their dispatch) --
+
+// y = x * rsqrt(mean(x^2) + eps) * w over the last dim; x (M, D) fp32, w (D) fp32
+at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "rms_norm: x must be contiguous fp32 (M, D)");
+  const int64_t M = x.size(0), D = x.size(1);
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == D, "rms_norm: w must be fp32 (D,)");
+  auto y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>(); const float* wp = w.data_ptr<float>(); float* yp = y.data_ptr<float>();
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      const float* xr = xp + m * D; float* yr = yp + m * D; float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
+      const float r = 1.f / std::sqrt(ss / (float)D + (float)eps);
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] * r) * wp[i];
+    }
+  });
+  return y;
+}
+
+// rotate adjacent pairs of x (N, H, D) fp32 by angle tables cos/sin (T, D/2): row n uses n % T.
+// Rows may be strided (the Q or K heads of a fused QKV projection); the result is contiguous.
+at::Tensor rope(at::Tensor x, at::Tensor cos, at::Tensor sin) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.stride(2) == 1 && x.stride(1) == x.size(2) && x.size(2) % 2 == 0,
+              "rope: x must be fp32 (N, H, D) with contiguous heads");
+  const int64_t N = x.size(0), H = x.size(1), D = x.size(2), P = D / 2, T = cos.size(0), rs = x.stride(0);
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.dim() == 2 && cos.size(1) == P && sin.sizes() == cos.sizes() && T > 0 && N % T == 0, "rope: cos/sin must be fp32 (T, D/2)");
+  auto y = at::empty({N, H, D}, x.options());
+  const float* xp = x.data_ptr<float>(); const float* cp = cos.data_ptr<float>(); const float* sp = sin.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, 8192 / std::max<int64_t>(H * D, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const float* c = cp + (n % T) * P; const float* s = sp + (n % T) * P;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* xr = xp + n * rs + h * D; float* yr = yp + (n * H + h) * D;
+#pragma omp simd
+        for (int64_t i = 0; i < P; ++i) {
+          const float x0 = xr[2 * i], x1 = xr[2 * i + 1];
+          yr[2 * i] = x0 * c[i] - x1 * s[i];
+          yr[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+      }
+    }
+  });
+  return y;
+}
+
+// silu(a) * b for gu (M, 2F) = [a | b] fp32 -> (M, F)
+at::Tensor silu_mul(at::Tensor gu) {
+  TORCH_CHECK(gu.dim() == 2 && gu.scalar_type() == at::kFloat && gu.is_contiguous() && gu.size(1) % 2 == 0,
+              "silu_mul: expected contiguous fp32 (M, 2F)");
+  const int64_t M = gu.size(0), F = gu.size(1) / 2;
+  auto y = at::empty({M, F}, gu.options());
+  const float* gp = gu.data_ptr<float>(); float* yp = y.data_ptr<float>();
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(F, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      const float* a = gp + m * 2 * F; const float* u = a + F; float* yr = yp + m * F;
+      for (int64_t i = 0; i < F; ++i) yr[i] = a[i] / (1.f + std::exp(-a[i])) * u[i];
+    }
+  });
+  return y;
+}
+
+// ---- paged attention for decode: one query per sequence, K/V read through its slot list ------
+// q (B, H, D) fp32; kc / vc (Hkv, S, D) fp32 or bf16 (one layer of the paged cache); slots (B, W)
+// int64 (cache slot of each position, padded); lens (B,) int64 (positions to attend) -> (B, H, D)
+// fp32. Each (sequence, KV head) is one task that reads its keys and values once for all the
+// query heads of its group: no gather copy, no padding computed, and the result of a sequence
+// does not depend on what else is in the batch.
+
+template <typename T>
+static inline __attribute__((always_inline)) void paged_task(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
+                       int64_t D, float scale, float* out, std::vector<float>& sc) {
+  sc.assign(rep * L, 0.f);
+  for (int64_t j = 0; j < L; ++j) {
+    TORCH_CHECK(sl[j] >= 0 && sl[j] < S, "paged_decode: slot out of range");
+    const T* kr = kg + sl[j] * D;
+    for (int64_t r = 0; r < rep; ++r) {
+      const float* qr = q + r * D; float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < D; ++i) s += qr[i] * (float)kr[i];
+      sc[r * L + j] = s * scale;
+    }
+  }
+  for (int64_t r = 0; r < rep; ++r) {
+    float* p = sc.data() + r * L; float mx = -INFINITY, sum = 0.f;
+    for (int64_t j = 0; j < L; ++j) mx = std::max(mx, p[j]);
+    for (int64_t j = 0; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < L; ++j) p[j] *= inv;
+    std::memset(out + r * D, 0, D * sizeof(float));
+  }
+  for (int64_t j = 0; j < L; ++j) {
+    const T* vr = vg + sl[j] * D;
+    for (int64_t r = 0; r < rep; ++r) {
+      const float p = sc[r * L + j]; float* o = out + r * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) o[i] += p * (float)vr[i];
+    }
+  }
+}
+
+template <typename T>
+__attribute__((target("avx512f,avx512bw,fma")))
+static void paged_task_avx512(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
+                              int64_t D, float scale, float* out, std::vector<float>& sc) {
+  paged_task<T>(q, kg, vg, sl, L, S, rep, D, scale, out, sc);
+}
+
+at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor slots, at::Tensor lens) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "paged_decode: q must be contiguous fp32 (B, H, D)");
+  TORCH_CHECK(kc.dim() == 3 && kc.is_contiguous() && vc.is_contiguous() && vc.sizes() == kc.sizes() &&
+              kc.scalar_type() == vc.scalar_type() && (kc.scalar_type() == at::kFloat || kc.scalar_type() == at::kBFloat16),
+              "paged_decode: kc / vc must be contiguous fp32 or bf16 (Hkv, S, D)");
+  TORCH_CHECK(slots.dim() == 2 && slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.size(0) == q.size(0) &&
+              lens.scalar_type() == at::kLong && lens.is_contiguous() && lens.numel() == q.size(0), "paged_decode: bad slots / lens");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kc.size(0), S = kc.size(1), W = slots.size(1);
+  TORCH_CHECK(kc.size(2) == D && H % Hkv == 0, "paged_decode: head shapes do not match");
+  const int64_t rep = H / Hkv;
+  const int64_t* sp = slots.data_ptr<int64_t>(); const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(lp[b] > 0 && lp[b] <= W, "paged_decode: length out of range");
+  auto out = at::empty({B, H, D}, q.options());
+  const float* qp = q.data_ptr<float>(); float* op = out.data_ptr<float>();
+  const float scale = 1.f / std::sqrt((float)D);
+  const bool fast = has_avx512();
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> sc;
+    for (int64_t t = b0; t < b1; ++t) {
+      const int64_t b = t / Hkv, g = t % Hkv;
+      const float* qg = qp + (b * H + g * rep) * D; float* og = op + (b * H + g * rep) * D;
+      if (kc.scalar_type() == at::kFloat) {
+        const float* kg = kc.data_ptr<float>() + g * S * D; const float* vg = vc.data_ptr<float>() + g * S * D;
+        if (fast) paged_task_avx512<float>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        else paged_task<float>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+      } else {
+        const at::BFloat16* kg = kc.data_ptr<at::BFloat16>() + g * S * D; const at::BFloat16* vg = vc.data_ptr<at::BFloat16>() + g * S * D;
+        if (fast) paged_task_avx512<at::BFloat16>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        else paged_task<at::BFloat16>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+      }
+    }
+  });
+  return out;
+}
+
+// ---- one whole transformer block for a decode step, in one call --------------------------
+// A small model's decode step is dominated by per-op overhead (a Python call and a dispatch
+// per op, ~35 ops per block); this runs the block's ops back to back in C++. Projections are
+// given as (format, tensor, tensor): 0 dense fp32/bf16 (w), 1 int8 (w, d), 2 int4 (w, dm).
+// Same kernels as the per-op path, in the same order: the results are identical.
+
+static at::Tensor proj(const at::Tensor& x, int64_t fmt, const at::Tensor& a, const at::Tensor& b) {
+  switch (fmt) {
+    case 0: return dense_mm(x, a);
+    case 1: return int8_mm(x, a, b);
+    case 2: return int4_mm(x, a, b);
+    default: TORCH_CHECK(false, "decode_layer: unknown projection format ", fmt);
+  }
+}
+
+// t: attention-norm w, ffn-norm w, then (a, b) for wqkv, wo, w13, w2 (b unused for dense)
+at::Tensor decode_layer(at::Tensor x, std::vector<at::Tensor> t, std::vector<int64_t> fmt, double eps, int64_t H, int64_t Hkv,
+                        at::Tensor cos, at::Tensor sin, at::Tensor kc, at::Tensor vc, at::Tensor slot_mapping,
+                        at::Tensor slots, at::Tensor lens) {
+  TORCH_CHECK(t.size() == 10 && fmt.size() == 4, "decode_layer: expected 10 tensors and 4 formats");
+  TORCH_CHECK(kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat && kc.is_contiguous() && vc.is_contiguous(),
+              "decode_layer: the KV cache must be contiguous fp32");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.is_contiguous() && slot_mapping.numel() == x.size(0),
+              "decode_layer: one cache slot per row");
+  const int64_t M = x.size(0), D = kc.size(2), S = kc.size(1);
+  auto n1 = rms_norm(x, t[0], eps);
+  auto qkv = proj(n1, fmt[0], t[2], t[3]).view({M, H + 2 * Hkv, D});
+  auto q = rope(qkv.narrow(1, 0, H), cos, sin);       // (M, H, D)
+  auto k = rope(qkv.narrow(1, H, Hkv), cos, sin);     // (M, Hkv, D)
+  {  // store this step's K / V in their cache slots
+    const float* kp = k.data_ptr<float>(); const float* qkvp = qkv.data_ptr<float>();
+    float* kcp = kc.data_ptr<float>(); float* vcp = vc.data_ptr<float>();
+    const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      TORCH_CHECK(sm[m] >= 0 && sm[m] < S, "decode_layer: slot out of range");
+      for (int64_t g = 0; g < Hkv; ++g) {
+        std::memcpy(kcp + (g * S + sm[m]) * D, kp + (m * Hkv + g) * D, D * sizeof(float));
+        std::memcpy(vcp + (g * S + sm[m]) * D, qkvp + (m * (H + 2 * Hkv) + H + Hkv + g) * D, D * sizeof(float));
+      }
+    }
+  }
+  auto att = paged_decode(q, kc, vc, slots, lens);    // (M, H, D)
+  auto h = proj(att.view({M, H * D}), fmt[1], t[4], t[5]);
+  h.add_(x);  // x + attention, the residual stream (same sum as x + o)
+  auto n2 = rms_norm(h, t[1], eps);
+  auto f = proj(silu_mul(proj(n2, fmt[2], t[6], t[7])), fmt[3], t[8], t[9]);
+  return h.add_(f);
+}
+
 TORCH_LIBRARY(herd_woq, m) {
   m.def("int8_mm(Tensor x, Tensor w, Tensor d) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor w, Tensor dm) -> Tensor");
@@ -380,8 +647,8 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_woq_cpu_v10", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
-                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm"], verbose=False)
+        mod = load_inline(name="herd_cpu_kernels_v13", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
         return False
@@ -406,7 +673,8 @@ def _load() -> bool:
     def _(w, dm):
         return w.new_empty(w.shape[0], w.shape[1] * 2, dtype=torch.float32)
 
-    _fns.update(int8_mm=mod.int8_mm, int4_mm=mod.int4_mm, dense_mm=mod.dense_mm)
+    _fns.update({name: getattr(mod, name) for name in (
+        "int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer")})
     return True
 
 
