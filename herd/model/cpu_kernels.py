@@ -461,19 +461,85 @@ at::Tensor rope(at::Tensor x, at::Tensor cos, at::Tensor sin) {
 }
 
 // silu(a) * b for gu (M, 2F) = [a | b] fp32 -> (M, F)
+// e^x for 16 floats: 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (|r| <= 0.35, ln 2 in two
+// parts) and a degree-7 Taylor polynomial for e^r (relative error ~1e-7); x clamped to +-88
+__attribute__((target("avx512f")))
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+static void silu_mul_row(const float* a, const float* u, float* y, int64_t F) {
+  for (int64_t i = 0; i < F; ++i) y[i] = a[i] / (1.f + std::exp(-a[i])) * u[i];
+}
+
+__attribute__((target("avx512f")))
+static void silu_mul_row_avx512(const float* a, const float* u, float* y, int64_t F) {
+  int64_t i = 0;
+  for (; i + 16 <= F; i += 16) {
+    const __m512 av = _mm512_loadu_ps(a + i);
+    const __m512 s = _mm512_div_ps(av, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), av))));
+    _mm512_storeu_ps(y + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+  }
+  silu_mul_row(a + i, u + i, y + i, F - i);
+}
+
 at::Tensor silu_mul(at::Tensor gu) {
   TORCH_CHECK(gu.dim() == 2 && gu.scalar_type() == at::kFloat && gu.is_contiguous() && gu.size(1) % 2 == 0,
               "silu_mul: expected contiguous fp32 (M, 2F)");
   const int64_t M = gu.size(0), F = gu.size(1) / 2;
   auto y = at::empty({M, F}, gu.options());
   const float* gp = gu.data_ptr<float>(); float* yp = y.data_ptr<float>();
+  const bool fast = has_avx512();
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(F, 1)), [&](int64_t b, int64_t e) {
     for (int64_t m = b; m < e; ++m) {
-      const float* a = gp + m * 2 * F; const float* u = a + F; float* yr = yp + m * F;
-      for (int64_t i = 0; i < F; ++i) yr[i] = a[i] / (1.f + std::exp(-a[i])) * u[i];
+      const float* a = gp + m * 2 * F;
+      if (fast) silu_mul_row_avx512(a, a + F, yp + m * F, F); else silu_mul_row(a, a + F, yp + m * F, F);
     }
   });
   return y;
+}
+
+// softmax of p[0..L) in place
+static void softmax_row(float* p, int64_t L) {
+  float mx = -INFINITY, sum = 0.f;
+  for (int64_t j = 0; j < L; ++j) mx = std::max(mx, p[j]);
+  for (int64_t j = 0; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
+  const float inv = 1.f / sum;
+  for (int64_t j = 0; j < L; ++j) p[j] *= inv;
+}
+
+__attribute__((target("avx512f")))
+static void softmax_row_avx512(float* p, int64_t L) {
+  const int64_t L16 = L & ~int64_t(15);
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < L16; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(p + j));
+  float mx = _mm512_reduce_max_ps(mv);
+  for (int64_t j = L16; j < L; ++j) mx = std::max(mx, p[j]);
+  const __m512 m = _mm512_set1_ps(mx);
+  __m512 sv = _mm512_setzero_ps();
+  for (int64_t j = 0; j < L16; j += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p + j), m));
+    _mm512_storeu_ps(p + j, e);
+    sv = _mm512_add_ps(sv, e);
+  }
+  float sum = _mm512_reduce_add_ps(sv);
+  for (int64_t j = L16; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
+  const __m512 inv = _mm512_set1_ps(1.f / sum);
+  for (int64_t j = 0; j < L16; j += 16) _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), inv));
+  for (int64_t j = L16; j < L; ++j) p[j] *= 1.f / sum;
 }
 
 // ---- paged attention for decode: one query per sequence, K/V read through its slot list ------
@@ -483,7 +549,7 @@ at::Tensor silu_mul(at::Tensor gu) {
 // query heads of its group: no gather copy, no padding computed, and the result of a sequence
 // does not depend on what else is in the batch.
 
-template <typename T>
+template <typename T, bool FAST>
 static inline __attribute__((always_inline)) void paged_task(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
                        int64_t D, float scale, float* out, std::vector<float>& sc) {
   sc.assign(rep * L, 0.f);
@@ -498,11 +564,7 @@ static inline __attribute__((always_inline)) void paged_task(const float* q, con
     }
   }
   for (int64_t r = 0; r < rep; ++r) {
-    float* p = sc.data() + r * L; float mx = -INFINITY, sum = 0.f;
-    for (int64_t j = 0; j < L; ++j) mx = std::max(mx, p[j]);
-    for (int64_t j = 0; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
-    const float inv = 1.f / sum;
-    for (int64_t j = 0; j < L; ++j) p[j] *= inv;
+    if (FAST) softmax_row_avx512(sc.data() + r * L, L); else softmax_row(sc.data() + r * L, L);
     std::memset(out + r * D, 0, D * sizeof(float));
   }
   for (int64_t j = 0; j < L; ++j) {
@@ -519,7 +581,7 @@ template <typename T>
 __attribute__((target("avx512f,avx512bw,fma")))
 static void paged_task_avx512(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
                               int64_t D, float scale, float* out, std::vector<float>& sc) {
-  paged_task<T>(q, kg, vg, sl, L, S, rep, D, scale, out, sc);
+  paged_task<T, true>(q, kg, vg, sl, L, S, rep, D, scale, out, sc);
 }
 
 at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor slots, at::Tensor lens) {
@@ -546,11 +608,11 @@ at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor s
       if (kc.scalar_type() == at::kFloat) {
         const float* kg = kc.data_ptr<float>() + g * S * D; const float* vg = vc.data_ptr<float>() + g * S * D;
         if (fast) paged_task_avx512<float>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
-        else paged_task<float>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        else paged_task<float, false>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
       } else {
         const at::BFloat16* kg = kc.data_ptr<at::BFloat16>() + g * S * D; const at::BFloat16* vg = vc.data_ptr<at::BFloat16>() + g * S * D;
         if (fast) paged_task_avx512<at::BFloat16>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
-        else paged_task<at::BFloat16>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        else paged_task<at::BFloat16, false>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
       }
     }
   });
@@ -647,7 +709,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v13", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v14", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
