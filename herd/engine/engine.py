@@ -45,6 +45,7 @@ class _Group:
     prompt_ids: list[int]
     seq_ids: list[str] = field(default_factory=list)
     finished: bool = False
+    held: list[Request] = field(default_factory=list)  # n > 1: siblings waiting for the prompt's KV
 
 
 def available_memory(device: torch.device) -> int:
@@ -80,6 +81,7 @@ class LLMEngine:
         self.groups: dict[str, _Group] = {}
         self._grammars = None
         self._ids = itertools.count()
+        self._holding: dict[str, None] = {}  # groups whose siblings wait for the first prefill
 
     def _blocks_for_memory(self) -> int:
         c = self.config
@@ -115,6 +117,10 @@ class LLMEngine:
         grammar = self._compile(params.response_format)
         group = _Group(request_id, prompt)
         added: list[str] = []
+        # n > 1 with prefix caching: the first sequence prefills the prompt; its siblings join once
+        # it has (step), and find the prompt's full blocks in the prefix cache instead of
+        # computing them again
+        fork = params.n > 1 and self.config.enable_prefix_caching and len(prompt) > self.config.block_size
         try:
             for i in range(params.n):
                 seq_id = request_id if params.n == 1 else f"{request_id}#{i}"
@@ -123,8 +129,11 @@ class LLMEngine:
                 if p.seed is not None:
                     gen = torch.Generator(device=self.device).manual_seed(p.seed)
                 req = Request(seq_id, prompt, p, priority=priority)
-                self.scheduler.add_request(req)
-                added.append(seq_id)
+                if fork and i > 0:
+                    group.held.append(req)
+                else:
+                    self.scheduler.add_request(req)
+                    added.append(seq_id)
                 out = CompletionOutput(prompt, index=i, logprobs=[] if p.logprobs is not None else None)
                 matcher = grammar.matcher() if grammar is not None else None
                 self.seqs[seq_id] = _Seq(request_id, req, out, Detokenizer(self.tokenizer, p.stop), gen, matcher)
@@ -135,6 +144,8 @@ class LLMEngine:
                 self.seqs.pop(s, None)
             raise
         self.groups[request_id] = group
+        if group.held:
+            self._holding[request_id] = None
         return request_id
 
     def _compile(self, response_format: Any):
@@ -184,7 +195,23 @@ class LLMEngine:
         for row, (s, t) in enumerate(zip(seqs, token_list)):
             self._advance(s, t, row, chosen, top, finished)
             touched[s.group] = None
-        return [self._group_output(g) for g in touched]
+        outputs = [self._group_output(g) for g in touched]
+        self._release_siblings()
+        return outputs
+
+    def _release_siblings(self) -> None:
+        """Schedule the held siblings of groups whose first sequence has produced a token (its
+        prompt blocks are computed and in the prefix cache by now)."""
+        for gid in list(self._holding):
+            group = self.groups.get(gid)
+            if group is None:  # aborted
+                del self._holding[gid]
+                continue
+            if self.seqs[group.seq_ids[0]].request.output_token_ids:
+                for req in group.held:
+                    self.scheduler.add_request(req)
+                group.held.clear()
+                del self._holding[gid]
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]):
         batch = SamplingBatch(

@@ -56,6 +56,7 @@ def test_models_lists_builtin_and_presets():
         (["generate", "-p", "x", "--kv-cache-memory", "2XB"], ["not a size"]),
         (["generate", "-p", "x", "--block-size", "3"], ["block_size must be a power of two"]),
         (["frobnicate"], ["invalid choice"]),
+        (["generate", "-p", "x", "--quantize", "int3"], ["--quantize", "invalid choice: 'int3'"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needles):
@@ -105,6 +106,15 @@ def test_generate_greedy_is_deterministic_raw():
     b = herd("generate", "--raw", "--prompt", "The capital of France is", "--temperature", "0", "--max-tokens", "8")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.strip()
+
+
+def test_generate_with_int4_weights_answers_like_the_full_model():
+    # int4 re-packs the embedded GGUF's own Q4_1 blocks (lossless), so a short greedy answer to an
+    # easy question holds; the head is 8-bit, so only its rounding differs from fp32
+    r = herd("generate", "--prompt", "What is the capital of France?", "--temperature", "0", "--max-tokens", "12",
+             "--quantize", "int4")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
 
 
 def test_chat_answers_paris_over_stdin_and_stops_at_end_of_turn():

@@ -126,6 +126,34 @@ def test_n_completions_with_seed_are_distinct_and_reproducible(model_tok):
     assert [o.token_ids for o in again] == seqs
 
 
+def test_n_completions_prefill_the_prompt_once(model_tok):
+    model, tok = model_tok
+    prompt = tok.encode(SYSTEM + "My favourite animal is the")  # 100+ tokens: several full 16-token blocks
+    p = SamplingParams(temperature=1.5, seed=11, max_tokens=6, ignore_eos=True, n=4)
+
+    def run(prefix_caching: bool) -> tuple[list[list[int]], int]:
+        e = LLMEngine(model, tok, EngineConfig(num_blocks=128, enable_prefix_caching=prefix_caching))
+        computed = 0
+        execute = e.runner.execute
+
+        def counting(sched):
+            nonlocal computed
+            computed += sum(max(0, min(s.start + s.num_new_tokens, len(prompt)) - s.start) for s in sched.scheduled)
+            return execute(sched)
+
+        e.runner.execute = counting
+        outs = e.run_one(prompt, p)
+        assert e.kv.num_free_blocks == e.kv.num_blocks - 1  # every block back (null block aside)
+        return [o.token_ids for o in outs], computed
+
+    forked, computed = run(True)
+    plain, computed_plain = run(False)
+    tail = len(prompt) % 16 or 16  # siblings recompute only the prompt's last, partial block
+    assert computed_plain == 4 * len(prompt)
+    assert computed == len(prompt) + 3 * tail
+    assert forked == plain and len({tuple(t) for t in forked}) > 1  # per-sequence seeds, same samples
+
+
 def test_logprobs_match_the_model(model_tok):
     model, tok = model_tok
     prompt = tok.encode("The capital of France is")

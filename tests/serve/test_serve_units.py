@@ -38,7 +38,7 @@ server:
   access_log: ${env.LOG:=false}
 models:
   - smollm2-135m-instruct
-  - {id: big, model: ./Llama-3.1-8B-Instruct, dtype: bfloat16, engine: {max_num_seqs: "8", kv_cache_memory: 1000000}}
+  - {id: big, model: ./Llama-3.1-8B-Instruct, dtype: bfloat16, quantize: int8, engine: {max_num_seqs: "8", kv_cache_memory: 1000000}}
   - {id: all-MiniLM-L6-v2, type: embedding}
 shields: [{shield_id: code-scanner, type: code-shield}]
 """)
@@ -47,6 +47,7 @@ shields: [{shield_id: code-scanner, type: code-shield}]
     assert [m.id for m in c.models] == ["smollm2-135m-instruct", "big", "all-MiniLM-L6-v2"]
     big = c.models[1]
     assert big.ref == "./Llama-3.1-8B-Instruct" and big.engine.max_num_seqs == 8 and big.dtype == "bfloat16"
+    assert big.quantize == "int8"
     assert c.models[2].type == "embedding" and c.shields[0]["type"] == "code-shield"
     assert load_config(cfg, {"KEY": "k1", "OTHER": "x", "PORT": "1"}).server.api_keys == ("k1", "second")
 
@@ -55,6 +56,7 @@ shields: [{shield_id: code-scanner, type: code-shield}]
     ({"server": {"prot": 1}}, ["server", "'prot'", "known keys", "port"]),
     ({"models": [{"id": "a", "engine": {"blocks": 3}}]}, ["models[0].engine", "'blocks'"]),
     ({"models": [{"id": "a", "type": "vision"}]}, ["models[0].type", "llm, embedding"]),
+    ({"models": [{"id": "a", "quantize": "int3"}]}, ["models[0].quantize", "int4"]),
     ({"server": {"port": "eighty"}}, ["server.port", "integer"]),
     ({"models": [{"id": "a"}, {"id": "a"}]}, ["'a'", "twice"]),
     ({"models": [{"id": "a", "engine": {"block_size": 3}}]}, ["block_size", "power of two"]),
@@ -101,9 +103,10 @@ def test_cli_flags_build_the_config(tmp_path):
     assert [m.id for m in c.models][0] == "smollm2-135m-instruct" and c.server.port == 8321 and not c.server.api_keys
     c = build_config(_args("--model", "a=random:llama3.2-1b", "--model", "smollm2-135m-instruct", "--port", "0",
                            "--kv-cache-memory", "1GiB", "--embedding-model", "none", "--tool-format",
-                           "python_list"), {"HERD_API_KEY": "env-key"})
+                           "python_list", "--quantize", "int4"), {"HERD_API_KEY": "env-key"})
     assert [m.id for m in c.models] == ["a", "smollm2-135m-instruct"]
     assert c.models[0].engine.kv_cache_memory == 2**30 and c.models[0].tool_prompt_format == "python_list"
+    assert c.models[0].quantize == "int4" and c.models[1].quantize == "int4"
     assert c.server.api_keys == ("env-key",) and c.server.port == 0
     cfg = tmp_path / "c.yaml"
     cfg.write_text("server: {port: 1234, api_keys: [file-key]}\nmodels: [{id: m, model: random:llama3.2-1b}]\n")
