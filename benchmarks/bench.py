@@ -43,6 +43,12 @@ CONFIGS = [
 # comparable precisions: (label, herd, HF or None, llama.cpp)
 GROUPS = [("fp32", "fp32", "fp32", "F32"), ("bf16", "bf16", "bf16", "BF16"),
           ("int8 / Q8_0", "int8", None, "Q8_0"), ("int4 / Q4_1", "int4", None, "Q4_1")]
+# the systems whose batch-1 decode is measured again side by side, one precision at a time
+DECODE_GROUPS = [
+    ["herd:fp32", "herd:fp32-torch", "hf:fp32", "llama.cpp:F32"],
+    ["herd:bf16", "herd:bf16-all", "hf:bf16", "llama.cpp:BF16"],
+    ["herd:int8", "llama.cpp:Q8_0"], ["herd:int4", "llama.cpp:Q4_1"],
+]
 CACHE = Path(os.environ.get("HERD_BENCH_CACHE", Path.home() / ".cache" / "herd-bench"))
 
 
@@ -76,24 +82,29 @@ def membw(threads: int) -> dict:
     return out
 
 
+def make_system(system: str, precision: str, threads: int):
+    from systems import HF, Herd, LlamaCpp
+
+    if system == "herd":
+        return Herd(precision, threads)
+    if system == "hf":
+        from artifacts import hf_checkpoint
+
+        return HF(precision, threads, hf_checkpoint(CACHE))
+    from artifacts import gguf_files
+
+    return LlamaCpp(precision, threads, gguf_files(CACHE)[precision])
+
+
 def measure(system: str, precision: str, spec: dict) -> dict:
-    from systems import HF, Herd, LlamaCpp, median_rate
+    from systems import median_rate
     from workload import make_workload, random_prompt
 
     threads = spec["threads"]
     if system == "membw":
         return membw(threads)
     t0 = time.perf_counter()
-    if system == "herd":
-        sysm = Herd(precision, threads)
-    elif system == "hf":
-        from artifacts import hf_checkpoint
-
-        sysm = HF(precision, threads, hf_checkpoint(CACHE))
-    else:
-        from artifacts import gguf_files
-
-        sysm = LlamaCpp(precision, threads, gguf_files(CACHE)[precision])
+    sysm = make_system(system, precision, threads)
     res: dict = {"load_s": time.perf_counter() - t0, "weight_bytes": sysm.weight_bytes}
     n = spec["decode_tokens"]
     times: list[float] = []
@@ -122,6 +133,53 @@ def measure(system: str, precision: str, spec: dict) -> dict:
 def worker_main(argv: list[str]) -> None:
     system, precision, spec = argv[0], argv[1], json.loads(argv[2])
     print("RESULT " + json.dumps(measure(system, precision, spec)), flush=True)
+
+
+def decode_server_main(argv: list[str]) -> None:
+    """A loaded system that decodes on demand: one line with a prompt seed in, one line of
+    per-token seconds out (the interleaved batch-1 measurement)."""
+    from workload import random_prompt
+
+    system, precision, spec = argv[0], argv[1], json.loads(argv[2])
+    sysm = make_system(system, precision, spec["threads"])
+    print("READY", flush=True)
+    for line in sys.stdin:
+        times = sysm.decode(random_prompt(128, seed=int(line)), spec["decode_tokens"])
+        print("TIMES " + json.dumps(times), flush=True)
+
+
+def interleaved_decode(keys: list[str], spec: dict, log) -> dict[str, list[float]]:
+    """Batch-1 decode of several systems kept loaded side by side and measured in turn, round
+    after round (each round in a rotated order): drift of a shared machine's speed over the
+    minutes of a run then hits every system alike, and the ratios stay fair."""
+    procs = {}
+    for key in keys:
+        system, precision = key.split(":", 1)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--decode-server", system, precision, json.dumps(spec)]
+        procs[key] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+
+    def reply(proc, prefix: str) -> str | None:
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        return None
+
+    ready = [k for k, p in procs.items() if reply(p, "READY") is not None]
+    times: dict[str, list[float]] = {k: [] for k in ready}
+    try:
+        for r in range(spec["decode_rounds"]):
+            for key in ready[r % len(ready):] + ready[: r % len(ready)]:
+                time.sleep(0.5)  # let the previous system's threads go idle
+                procs[key].stdin.write(f"{100 + r}\n")
+                procs[key].stdin.flush()
+                out = reply(procs[key], "TIMES ")
+                if out is not None:
+                    times[key] += json.loads(out)
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    return {k: t for k, t in times.items() if t}
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -168,6 +226,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2:])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--decode-server":
+        decode_server_main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tokens and trials (a smoke test)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -179,6 +240,7 @@ def main() -> None:
     spec = {
         "threads": a.threads, "seed": 0,
         "decode_tokens": 32 if a.quick else 128, "decode_trials": 1 if a.quick else 3,
+        "decode_rounds": 2 if a.quick else 5,
         "ttft_trials": 1 if a.quick else 3, "ttft_trials_long": 1 if a.quick else 2,
         "workload_n": 8 if a.quick else 32, "workload_scale": 0.25 if a.quick else 0.5,
         "sequential_n": 4 if a.quick else 8, "profile": True,
@@ -206,6 +268,19 @@ def main() -> None:
             r = run_config(system, precision, spec, log)
             if r is not None:
                 results["runs"][f"{system}:{precision}"] = r
+        # batch-1 decode again, interleaved: the systems of one precision loaded side by side
+        from systems import median_rate
+
+        for group in DECODE_GROUPS:
+            keys = [k for k in group if k in results["runs"]]
+            if len(keys) < 2:
+                continue
+            print(f"interleaved batch-1 decode: {', '.join(keys)} ...", flush=True)
+            for key, times in interleaved_decode(keys, spec, log).items():
+                r = results["runs"][key]
+                r["decode_solo_tok_s"] = r["decode_tok_s"]
+                r["decode_tok_s"], r["decode_ms"] = median_rate(times), 1e3 * statistics.median(times)
+                r["decode_interleaved_tokens"] = len(times)
     results["load_after"] = os.getloadavg()
     Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     from report import render

@@ -40,7 +40,14 @@ def render(res: dict, analysis: str) -> str:
     out += [f"- **bound used below: {_f(bw)} GB/s** (the best read rate seen); a decode step must read every "
             "weight matrix once, so tok/s ≤ bandwidth / weight bytes per token.", ""]
 
-    out += ["## Batch-1 decode", "",
+    rounds = spec.get("decode_rounds")
+    interleaved = any("decode_interleaved_tokens" in r for r in runs.values())
+    out += ["## Batch-1 decode", ""]
+    if interleaved:
+        out += [f"Median time per token. The systems of one precision are kept loaded side by side and decode "
+                f"in turn, {rounds} rounds of {spec['decode_tokens']} tokens each in a rotating order, so a shared "
+                "machine's drift over the minutes of a run hits them alike.", ""]
+    out += [
             "| precision | system | weight MB / token | tok/s | ms / token | % of bandwidth bound | herd ÷ this |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for label, herd, hf, lcp in GROUPS:
