@@ -30,6 +30,7 @@ config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
            drain_timeout: 30, access_log: true}
   models:
     - {id: llama, model: ./Llama-3.1-8B-Instruct, engine: {kv_cache_memory: 4294967296, max_num_seqs: 32}}
+    - {id: small, model: smollm2-135m-instruct, quantize: int4}   # none | bf16 | int8 | int4
     - {id: all-MiniLM-L6-v2, type: embedding}
 """
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

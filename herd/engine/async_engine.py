@@ -130,4 +130,6 @@ class AsyncLLMEngine:
                     self._deliver(rid, RuntimeError(f"engine step failed: {e}"))
                 continue
             for out in outputs:
-                self._deliver(out.request_id, out)
+                # a snapshot: the engine updates its outputs in place at the next step, which may
+                # run before this consumer reads the item (deltas would be lost or repeated)
+                self._deliver(out.request_id, out.snapshot())

@@ -82,6 +82,11 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def snapshot(self) -> "CompletionOutput":
+        """A copy that later steps do not change (the engine updates its outputs in place)."""
+        return dataclasses.replace(self, token_ids=list(self.token_ids), delta_token_ids=list(self.delta_token_ids),
+                                   logprobs=None if self.logprobs is None else list(self.logprobs))
+
 
 @dataclass
 class RequestOutput:
@@ -96,6 +101,10 @@ class RequestOutput:
     @property
     def text(self) -> str:
         return self.outputs[0].text
+
+    def snapshot(self) -> "RequestOutput":
+        """A copy that later engine steps do not change, for a consumer on another thread."""
+        return dataclasses.replace(self, outputs=[o.snapshot() for o in self.outputs])
 
     @property
     def token_ids(self) -> list[int]:

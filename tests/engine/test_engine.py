@@ -217,3 +217,28 @@ def test_cancelled_async_consumer_frees_blocks(model_tok):
         assert not engine.has_unfinished_requests()
     finally:
         aengine.shutdown()
+
+
+def test_slow_async_consumer_loses_no_delta(model_tok):
+    # the engine updates its outputs in place each step; a consumer that reads behind the loop
+    # thread must still see every step's delta exactly once (a streamed tool call was parsed from
+    # a buffer with holes when this was not so)
+    model, tok = model_tok
+    aengine = AsyncLLMEngine(LLMEngine(model, tok, EngineConfig(num_blocks=64)))
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+    async def main():
+        deltas, lengths, last = [], [], None
+        async for out in aengine.generate(tok.encode("Once upon a time"), params):
+            await asyncio.sleep(0.05)  # several engine steps run meanwhile
+            deltas.append(out.outputs[0].delta_text)
+            lengths.append(len(out.outputs[0].token_ids))
+            last = out
+        return deltas, lengths, last
+
+    try:
+        deltas, lengths, last = asyncio.run(main())
+    finally:
+        aengine.shutdown()
+    assert lengths == list(range(1, 25))  # one item per step, each as it was at that step
+    assert "".join(deltas) == last.outputs[0].text and len(last.outputs[0].text) > 20
