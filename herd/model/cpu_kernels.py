@@ -38,6 +38,9 @@ _SOURCE = r"""
 #include <cstring>
 
 static constexpr int64_t PF = 2048;  // software prefetch distance (bytes)
+// dense (fp32 / bf16) tiles prefetch the same columns two 4-row tiles ahead: rows here are short
+// (1-6 KiB), so a distance along the row runs into the next rows; +4-6% in an interleaved A/B
+static constexpr int64_t PF_ROWS = 8;
 
 static inline float h2f(uint16_t h) {  // IEEE fp16 -> fp32 without F16C
   uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu, b;
@@ -142,7 +145,7 @@ static inline void f_tile(const float* x, int64_t K, const T* w, float* y, int64
   for (int m = 0; m < MB; ++m) for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K16; k += 16) {
     __m512 wv[4];
-    if ((k & 15) == 0) for (int r = 0; r < 4; ++r) _mm_prefetch((const char*)(wr[r] + k) + PF, _MM_HINT_T0);
+    for (int r = 0; r < 4; ++r) _mm_prefetch((const char*)(wr[r] + PF_ROWS * K + k), _MM_HINT_T0);
     for (int r = 0; r < 4; ++r) wv[r] = load16(wr[r] + k);
     for (int m = 0; m < MB; ++m) {
       __m512 xv = _mm512_loadu_ps(x + m * K + k);
@@ -300,7 +303,7 @@ static inline void bf_tile(const uint16_t* x, int64_t K, const uint16_t* w, floa
   for (int64_t k = 0; k < K; k += 32) {
     __m512i wv[4];
     for (int r = 0; r < 4; ++r) {
-      _mm_prefetch((const char*)(wr[r] + k) + PF, _MM_HINT_T0);
+      _mm_prefetch((const char*)(wr[r] + PF_ROWS * K + k), _MM_HINT_T0);
       wv[r] = _mm512_loadu_si512((const void*)(wr[r] + k));
     }
     for (int m = 0; m < MB; ++m) {
@@ -709,7 +712,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v14", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v15", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
