@@ -141,6 +141,20 @@ def decode_server_main(argv: list[str]) -> None:
     from workload import random_prompt
 
     system, precision, spec = argv[0], argv[1], json.loads(argv[2])
+    if system == "membw":  # read bandwidth between the decode rounds: one GB/s figure per request
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        a = torch.ones(1 << 28)  # 1 GiB
+        print("READY", flush=True)
+        for _ in sys.stdin:
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                a.sum()
+                ts.append(time.perf_counter() - t0)
+            print("TIMES " + json.dumps([a.numel() * 4 / statistics.median(ts) / 1e9]), flush=True)
+        return
     sysm = make_system(system, precision, spec["threads"])
     print("READY", flush=True)
     for line in sys.stdin:
@@ -271,16 +285,26 @@ def main() -> None:
         # batch-1 decode again, interleaved: the systems of one precision loaded side by side
         from systems import median_rate
 
+        bw_samples: list[float] = []
         for group in DECODE_GROUPS:
             keys = [k for k in group if k in results["runs"]]
             if len(keys) < 2:
                 continue
             print(f"interleaved batch-1 decode: {', '.join(keys)} ...", flush=True)
-            for key, times in interleaved_decode(keys, spec, log).items():
+            for key, times in interleaved_decode(keys + ["membw:-"], spec, log).items():
+                if key == "membw:-":
+                    bw_samples += times
+                    continue
                 r = results["runs"][key]
                 r["decode_solo_tok_s"] = r["decode_tok_s"]
                 r["decode_tok_s"], r["decode_ms"] = median_rate(times), 1e3 * statistics.median(times)
                 r["decode_interleaved_tokens"] = len(times)
+        if bw_samples and "membw:-" in results["runs"]:
+            # the bound: the sum bandwidth read in the same rotation as the decodes it judges
+            mb = results["runs"]["membw:-"]
+            mb["interleaved_sum_GBps"] = bw_samples
+            mb["bandwidth_at_start"] = mb["bandwidth"]
+            mb["bandwidth"] = statistics.median(bw_samples)
     results["load_after"] = os.getloadavg()
     Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     from report import render
