@@ -293,9 +293,9 @@ class LLM:
         engine_config: EngineConfig | None = None,
         quantize: str | None = "none",
     ):
-        """quantize: "none" (weights as loaded, herd's CPU GEMV for decode), "bf16", "int8" or
-        "int4" (weight-only; int8 / int4 are GGUF Q8_0 / Q4_1's numbers), or None (plain PyTorch
-        layers)."""
+        """quantize: "none" (weights as loaded; fused blocks and, on the CPU, herd's decode
+        kernels), "bf16", "int8" or "int4" (weight-only; int8 / int4 are GGUF Q8_0 / Q4_1's
+        numbers), or None (the plain reference model, PyTorch layers only)."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise HerdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
