@@ -15,7 +15,13 @@ from herd import hub
 from herd.config import EngineConfig
 from herd.engine.generate import Detokenizer
 from herd.engine.kv_cache import KVCacheManager, cdiv
-from herd.engine.request import CompletionOutput, Request, RequestOutput, RequestStatus, SamplingParams
+from herd.engine.request import (
+    CompletionOutput,
+    Request,
+    RequestOutput,
+    RequestStatus,
+    SamplingParams,
+)
 from herd.engine.runner import ModelRunner, PagedKVCache
 from herd.engine.sampling import SamplingBatch, sample_batch
 from herd.engine.scheduler import Scheduler
@@ -366,7 +372,7 @@ class LLM:
         tools: Sequence[dict[str, Any]] | None = None,
         tool_prompt_format: str = "json",
         tool_choice: str = "auto",
-    ) -> "ChatResponse":
+    ) -> ChatResponse:
         """One assistant turn for a conversation (OpenAI-style dicts or herd Messages), tools optional."""
         ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format,
                                    tool_choice=tool_choice)

@@ -59,7 +59,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def replace(self, **kw: Any) -> "SamplingParams":
+    def replace(self, **kw: Any) -> SamplingParams:
         return dataclasses.replace(self, **kw)
 
 
@@ -82,7 +82,7 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def snapshot(self) -> "CompletionOutput":
+    def snapshot(self) -> CompletionOutput:
         """A copy that later steps do not change (the engine updates its outputs in place)."""
         return dataclasses.replace(self, token_ids=list(self.token_ids), delta_token_ids=list(self.delta_token_ids),
                                    logprobs=None if self.logprobs is None else list(self.logprobs))
@@ -102,7 +102,7 @@ class RequestOutput:
     def text(self) -> str:
         return self.outputs[0].text
 
-    def snapshot(self) -> "RequestOutput":
+    def snapshot(self) -> RequestOutput:
         """A copy that later engine steps do not change, for a consumer on another thread."""
         return dataclasses.replace(self, outputs=[o.snapshot() for o in self.outputs])
 

@@ -102,7 +102,6 @@ class PagedKVCache:
         kc, vc = self.k[layer], self.v[layer]
         kc.index_copy_(1, self.slot_mapping, k[0])  # (Hkv, N, hd) into their slots
         vc.index_copy_(1, self.slot_mapping, v[0])
-        _, h, n, d = q.shape
         if not self.prefills:  # all rows decode, in order: no scatter into an output buffer
             return self._decode(q[0], kc, vc).transpose(0, 1)[None]
         out = torch.empty_like(q)

@@ -27,7 +27,14 @@ from torch import nn
 
 from herd.model import cpu_kernels
 from herd.model.llama import (
-    Attention, FeedForward, KVCache, RMSNorm, Transformer, TransformerBlock, apply_rope, attention,
+    Attention,
+    FeedForward,
+    KVCache,
+    RMSNorm,
+    Transformer,
+    TransformerBlock,
+    apply_rope,
+    attention,
 )
 from herd.model.quantize import DENSE_ROWS, kernel_args
 
@@ -109,6 +116,11 @@ class FusedBlock(nn.Module):
         self.ffn_norm = FastRMSNorm(block.ffn_norm)
         self._layer = cpu_kernels.kernel("decode_layer") if cpu_kernels.available() else None
         self._plan: tuple | None = None
+        # plain attributes (submodule attributes go through nn.Module.__getattr__, a cost per call
+        # that adds up over 30 blocks a step)
+        a = self.attention
+        self._layer_id, self._heads, self._kv_heads = a.layer_id, a.n_heads, a.n_kv_heads
+        self._eps = block.attention_norm.eps
 
     def _projections(self) -> tuple[nn.Module, ...]:
         return self.attention.wqkv, self.attention.wo, self.feed_forward.w13, self.feed_forward.w2
@@ -133,13 +145,12 @@ class FusedBlock(nn.Module):
     def forward(self, x, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
         if self._layer is not None and cache is not None and x.shape[0] == 1 and x.shape[1] <= DENSE_ROWS:
             decode_args = getattr(cache, "decode_args", None)
-            args = decode_args(self.attention.layer_id) if decode_args is not None else None
+            args = decode_args(self._layer_id) if decode_args is not None else None
             if args is not None and use_kernels(x) and args[0].dtype is torch.float32:
                 plan = self._decode_plan()
                 if plan is not None:
-                    a = self.attention
-                    out = self._layer(x[0].contiguous(), plan[0], plan[1], self.attention_norm.eps, a.n_heads,
-                                      a.n_kv_heads, cos, sin, *args)
+                    out = self._layer(x[0].contiguous(), plan[0], plan[1], self._eps, self._heads, self._kv_heads,
+                                      cos, sin, *args)
                     return out.view(x.shape)
         h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))

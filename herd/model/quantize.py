@@ -67,7 +67,7 @@ class DenseLinear(nn.Module):
         self.kernel = cpu_kernels.kernel("dense_mm") if ok else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "DenseLinear":
+    def from_linear(cls, linear: nn.Linear) -> DenseLinear:
         return cls(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class Int8Linear(nn.Module):
         self.kernel = cpu_kernels.kernel("int8_mm") if self.kernels and self.group_size % 16 == 0 else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         w = linear.weight.detach().float()
         n, k = w.shape
         gs = cls.GROUP if k % cls.GROUP == 0 else k
@@ -143,7 +143,7 @@ class Int4Linear(nn.Module):
         return linear.in_features % cls.GROUP == 0
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear) -> Int4Linear:
         w = linear.weight.detach().float()
         n, k = w.shape
         wg = w.view(n, k // cls.GROUP, cls.GROUP)

@@ -16,7 +16,13 @@ from herd.engine.generate import generate
 from herd.engine.request import SamplingParams
 from herd.errors import HerdError
 from herd.model import cpu_kernels
-from herd.model.quantize import DenseLinear, Int4Linear, Int8Linear, quantize_model, weight_bytes
+from herd.model.quantize import (
+    DenseLinear,
+    Int4Linear,
+    Int8Linear,
+    quantize_model,
+    weight_bytes,
+)
 
 PROMPT = "The three primary colours are red, yellow and blue. Mixing them gives"
 
