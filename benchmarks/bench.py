@@ -55,6 +55,16 @@ CACHE = Path(os.environ.get("HERD_BENCH_CACHE", Path.home() / ".cache" / "herd-b
 # ---- workers (one process per configuration) ---------------------------------------------
 
 
+def median_seconds(f, n: int = 7) -> float:
+    """Median wall time of n calls of f."""
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 def membw(threads: int) -> dict:
     """Read bandwidth: a 1 GiB fp32 sum (PyTorch) and herd's fp32 GEMV over 512 MiB; GB/s."""
     import torch
@@ -63,21 +73,13 @@ def membw(threads: int) -> dict:
 
     torch.set_num_threads(threads)
 
-    def best(f, n=7):
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
     a = torch.ones(1 << 28)  # 1 GiB
-    out = {"torch_sum_1GiB": a.numel() * 4 / best(a.sum) / 1e9}
+    out = {"torch_sum_1GiB": a.numel() * 4 / median_seconds(a.sum) / 1e9}
     w = a[: 1 << 27].view(-1, 1024)
     x = torch.randn(1, 1024)
-    out["torch_gemv_512MiB"] = w.numel() * 4 / best(lambda: x @ w.t()) / 1e9
+    out["torch_gemv_512MiB"] = w.numel() * 4 / median_seconds(lambda: x @ w.t()) / 1e9
     if cpu_kernels.available():
-        out["herd_gemv_512MiB"] = w.numel() * 4 / best(lambda: cpu_kernels.dense_mm(x, w)) / 1e9
+        out["herd_gemv_512MiB"] = w.numel() * 4 / median_seconds(lambda: cpu_kernels.kernel("dense_mm")(x, w)) / 1e9
     out["bandwidth"] = max(out.values())
     return out
 
@@ -148,12 +150,7 @@ def decode_server_main(argv: list[str]) -> None:
         a = torch.ones(1 << 28)  # 1 GiB
         print("READY", flush=True)
         for _ in sys.stdin:
-            ts = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                a.sum()
-                ts.append(time.perf_counter() - t0)
-            print("TIMES " + json.dumps([a.numel() * 4 / statistics.median(ts) / 1e9]), flush=True)
+            print("TIMES " + json.dumps([a.numel() * 4 / median_seconds(a.sum, 5) / 1e9]), flush=True)
         return
     sysm = make_system(system, precision, spec["threads"])
     print("READY", flush=True)

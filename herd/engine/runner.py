@@ -42,9 +42,10 @@ class PagedKVCache:
         self.block_size = block_size
         self.device = w.device
         # herd's paged decode-attention kernel: reads each sequence's K/V in place through its
-        # slot list (no gather copy, no padded columns); fp32 queries on the CPU
+        # slot list (no gather copy, no padded columns); it takes fp32 queries, so fp32 models on
+        # the CPU (the activations have the cache's dtype)
         self._paged = None
-        if self.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and cpu_kernels.available():
+        if self.device.type == "cpu" and w.dtype is torch.float32 and cpu_kernels.available():
             self._paged = cpu_kernels.kernel("paged_decode")
 
     @staticmethod
@@ -85,10 +86,11 @@ class PagedKVCache:
             for i, sl in enumerate(dec_slots):
                 padded[i, : len(sl)] = sl
             self.dec_slots = padded.to(self.device)
-            self.dec_slots_flat = self.dec_slots.view(-1)
-            lens = self.dec_lens = torch.tensor(dec_lens, device=self.device)
-            self.dec_valid = torch.arange(width, device=self.device)[None, :] < lens[:, None]  # (Bd, S)
-            self.dec_pad = ~self.dec_valid[None, :, None, :]  # (1, Bd, 1, S), computed once per step
+            self.dec_lens = torch.tensor(dec_lens, device=self.device)
+            if self._paged is None:  # the PyTorch path's flat gather index and padding mask
+                self.dec_slots_flat = self.dec_slots.view(-1)
+                valid = torch.arange(width, device=self.device)[None, :] < self.dec_lens[:, None]  # (Bd, S)
+                self.dec_pad = ~valid[None, :, None, :]  # (1, Bd, 1, S), computed once per step
 
     def decode_args(self, layer: int) -> tuple[torch.Tensor, ...] | None:
         """(K cache, V cache, slot mapping, slot lists, lengths) of a layer when every row of this
@@ -116,7 +118,7 @@ class PagedKVCache:
 
     def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """One query per request: q (H, Bd, hd) → (Bd, H, hd), over each request's own slots."""
-        if self._paged is not None and q.dtype is torch.float32:
+        if self._paged is not None:
             return self._paged(q.transpose(0, 1).contiguous(), kc, vc, self.dec_slots, self.dec_lens)
         h, bd, d = q.shape
         hkv = kc.shape[0]

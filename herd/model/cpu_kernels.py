@@ -744,7 +744,7 @@ def _load() -> bool:
 
 
 def available() -> bool:
-    """Whether the compiled kernels can be used (builds them on first call, ~1 minute once)."""
+    """Whether the compiled kernels can be used (builds them on first call, ~30 s, then cached)."""
     return _load()
 
 
@@ -752,18 +752,3 @@ def kernel(name: str):
     """The kernel `name` as a plain function (fastest to call from eager code)."""
     _load()
     return _fns[name]
-
-
-def int8_mm(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32 @ Q8_0-style weights (w int8 (N, K), d (N, K/gs) fp16 group scales).T → (M, N)."""
-    return torch.ops.herd_woq.int8_mm(x, w, d)
-
-
-def dense_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32 @ w (N, K) fp32 or bf16 .T → (M, N) fp32."""
-    return torch.ops.herd_woq.dense_mm(x, w)
-
-
-def int4_mm(x: torch.Tensor, w: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32 @ Q4_1 weights (w (N, K/2) uint8, dm (N, K/32, 2) fp16 scale/min).T → (M, N)."""
-    return torch.ops.herd_woq.int4_mm(x, w, dm)

@@ -81,11 +81,31 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}"
 
 
-class Int8Linear(nn.Module):
+class _PackedLinear(nn.Module):
+    """A weight-only quantized Linear: herd's kernel on its packed tensors for few rows on the
+    CPU, else the dense GEMM on the dequantized weights."""
+
+    FORMAT: int  # as cpu_kernels.decode_layer numbers them: 1 int8, 2 int4
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _kernel(self, x)
+        if kernel is not None:
+            return _run(kernel, x, *self.packed())
+        return F.linear(x, self.dequantize(x.dtype))
+
+
+class Int8Linear(_PackedLinear):
     """Symmetric int8 weights with an fp16 scale per group of 32 along the input dim (GGUF
     Q8_0's numbers: w = q * d, q in -127..127); one group per row when 32 does not divide it."""
 
     GROUP = 32
+    FORMAT = 1
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__()
@@ -113,22 +133,20 @@ class Int8Linear(nn.Module):
         w = self.weight.view(n, -1, self.group_size).float() * self.scales.float()[..., None]
         return w.view(n, k).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = _kernel(self, x)
-        if kernel is not None:
-            return _run(kernel, x, self.weight, self.scales)
-        return F.linear(x, self.dequantize(x.dtype))
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight, self.scales
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_PackedLinear):
     """Asymmetric int4 weights in groups of 32 along the input dim, GGUF Q4_1's numbers and
     layout: per group 16 bytes (element j in the low nibble of byte j, element j+16 in the high
     nibble) and an fp16 (scale d, minimum m); w = q * d + m with q in 0..15."""
 
     GROUP = 32
+    FORMAT = 2
 
     def __init__(self, weight: torch.Tensor, scale_min: torch.Tensor):
         super().__init__()
@@ -164,11 +182,8 @@ class Int4Linear(nn.Module):
         dm = self.scale_min.float()
         return (q * dm[..., :1] + dm[..., 1:]).view(n, k).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = _kernel(self, x)
-        if kernel is not None:
-            return _run(kernel, x, self.weight, self.scale_min)
-        return F.linear(x, self.dequantize(x.dtype))
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight, self.scale_min
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.GROUP}"
@@ -181,10 +196,8 @@ def kernel_args(layer: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor] | No
         return None
     if isinstance(layer, DenseLinear):
         return 0, layer.weight, layer.weight
-    if isinstance(layer, Int8Linear):
-        return 1, layer.weight, layer.scales
-    if isinstance(layer, Int4Linear):
-        return 2, layer.weight, layer.scale_min
+    if isinstance(layer, _PackedLinear):
+        return (layer.FORMAT, *layer.packed())
     return None
 
 
@@ -241,6 +254,6 @@ def weight_bytes(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, (nn.Linear, DenseLinear)):
             total += m.weight.numel() * m.weight.element_size()
-        elif isinstance(m, (Int8Linear, Int4Linear)):
+        elif isinstance(m, _PackedLinear):
             total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
     return total
