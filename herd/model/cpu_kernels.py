@@ -11,7 +11,9 @@ runs. Two families:
   16 bytes of nibbles, element j in the low nibble of byte j and element j+16 in the high one,
   with an fp16 scale and minimum: w = q * d + m). PyTorch's own weight-only CPU kernels
   (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) ran 2-4x *slower* than the fp32 GEMV
-  there (see BENCHMARKS.md).
+  there (see BENCHMARKS.md). On CPUs with AVX512-VNNI the int8 / int4 products write the
+  activations as 16-bit fixed point in two int8 digits per group of 32 and multiply with
+  integer dot products (`int8_activations()` says whether, and switches it for A/B runs).
 - Fused decode ops, each replacing several PyTorch ops: `rms_norm`, `rope`, `silu_mul`, and
   `paged_decode`, attention of one query per sequence over its K/V read in place through the
   paged cache's slot lists (no gather copy, no padding computed).
@@ -37,10 +39,17 @@ _SOURCE = r"""
 #include <immintrin.h>
 #include <cstring>
 
-static constexpr int64_t PF = 2048;  // software prefetch distance (bytes)
-// dense (fp32 / bf16) tiles prefetch the same columns two 4-row tiles ahead: rows here are short
-// (1-6 KiB), so a distance along the row runs into the next rows; +4-6% in an interleaved A/B
-static constexpr int64_t PF_ROWS = 8;
+// a 1-4-row tile template for the activation rows left (the tiles are AVX-512 function
+// templates: GCC does not carry their target attribute into a lambda, so a macro picks)
+#define TILES(LEFT, CALL) switch (std::min<int64_t>(4, LEFT)) { \
+    case 4: CALL(4); break; case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); }
+
+// software prefetch of the weights PFD rows ahead (four-row tiles: the same columns four
+// tiles on), into L2: rows here are short (0.3-6 KiB), so a distance along the row runs into
+// the tiles being read, and prefetches into L1 (T0) stall on its few miss buffers. Measured on
+// 30 SmolLM2-shaped layers streamed from memory: int8 16 -> 26 GB/s, bf16 22 -> 30, fp32 27 -> 31.
+static constexpr int64_t PFD = 16;
+static inline void pf(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T1); }
 
 static inline float h2f(uint16_t h) {  // IEEE fp16 -> fp32 without F16C
   uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu, b;
@@ -82,7 +91,7 @@ static inline void i8_tile(const float* x, int64_t K, int64_t gs, const int8_t* 
     for (int r = 0; r < 4; ++r) dv[r] = _mm512_set1_ps(_cvtsh_ss(d[(n + r) * G + g]));
     for (int64_t k = g * gs; k < (g + 1) * gs; k += 16) {
       __m512 wv[4];
-      if ((k & 63) == 0) for (int r = 0; r < 4; ++r) _mm_prefetch((const char*)(wr[r] + PF + k), _MM_HINT_T0);
+      if ((k & 63) == 0) for (int r = 0; r < 4; ++r) pf(wr[r] + PFD * K + k);
       for (int r = 0; r < 4; ++r)
         wv[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(wr[r] + k)))), dv[r]);
       for (int m = 0; m < MB; ++m) {
@@ -102,12 +111,9 @@ static void i8_rows_avx512(const float* x, int64_t M, int64_t K, int64_t gs, con
   for (; n + 4 <= n1; n += 4)
     for (int64_t m = 0; m < M; m += 4) {
       const float* xm = x + m * K; float* ym = y + m * N;
-      switch (std::min<int64_t>(4, M - m)) {
-        case 4: i8_tile<4>(xm, K, gs, w, d, ym, N, n); break;
-        case 3: i8_tile<3>(xm, K, gs, w, d, ym, N, n); break;
-        case 2: i8_tile<2>(xm, K, gs, w, d, ym, N, n); break;
-        default: i8_tile<1>(xm, K, gs, w, d, ym, N, n);
-      }
+#define T(B) i8_tile<B>(xm, K, gs, w, d, ym, N, n)
+      TILES(M - m, T)
+#undef T
     }
   i8_rows_ref(x, M, K, gs, w, d, y, N, n, n1);
 }
@@ -145,7 +151,7 @@ static inline void f_tile(const float* x, int64_t K, const T* w, float* y, int64
   for (int m = 0; m < MB; ++m) for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K16; k += 16) {
     __m512 wv[4];
-    for (int r = 0; r < 4; ++r) _mm_prefetch((const char*)(wr[r] + PF_ROWS * K + k), _MM_HINT_T0);
+    for (int r = 0; r < 4; ++r) pf(wr[r] + PFD * K + k);
     for (int r = 0; r < 4; ++r) wv[r] = load16(wr[r] + k);
     for (int m = 0; m < MB; ++m) {
       __m512 xv = _mm512_loadu_ps(x + m * K + k);
@@ -167,12 +173,9 @@ static void f_rows_avx512(const float* x, int64_t M, int64_t K, const T* w, floa
   for (; n + 4 <= n1; n += 4)
     for (int64_t m = 0; m < M; m += 4) {
       const float* xm = x + m * K; float* ym = y + m * N;
-      switch (std::min<int64_t>(4, M - m)) {
-        case 4: f_tile<4, T>(xm, K, w, ym, N, n); break;
-        case 3: f_tile<3, T>(xm, K, w, ym, N, n); break;
-        case 2: f_tile<2, T>(xm, K, w, ym, N, n); break;
-        default: f_tile<1, T>(xm, K, w, ym, N, n);
-      }
+#define T(B) f_tile<B, T>(xm, K, w, ym, N, n)
+      TILES(M - m, T)
+#undef T
     }
   f_rows_ref<T>(x, M, K, w, y, N, n, n1);
 }
@@ -206,7 +209,7 @@ static inline void i4_tile(const float* x, int64_t K, const uint8_t* w, const ui
     __m512 wl[4], wh[4];
     for (int r = 0; r < 4; ++r) {
       const int64_t row = (n + r) * G + g;
-      if ((g & 3) == 0) _mm_prefetch((const char*)(w + row * 16 + PF), _MM_HINT_T0);
+      if ((g & 3) == 0) pf(w + (row + PFD * G) * 16);
       __m128i b = _mm_loadu_si128((const __m128i*)(w + row * 16));
       __m512 d = _mm512_set1_ps(_cvtsh_ss(dm[row * 2])), mn = _mm512_set1_ps(_cvtsh_ss(dm[row * 2 + 1]));
       wl[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, lo4))), d, mn);
@@ -228,12 +231,9 @@ static void i4_rows_avx512(const float* x, const float* xs, int64_t M, int64_t K
   for (; n + 4 <= n1; n += 4)
     for (int64_t m = 0; m < M; m += 4) {
       const float* xm = x + m * K; float* ym = y + m * N;
-      switch (std::min<int64_t>(4, M - m)) {
-        case 4: i4_tile<4>(xm, K, w, dm, ym, N, n); break;
-        case 3: i4_tile<3>(xm, K, w, dm, ym, N, n); break;
-        case 2: i4_tile<2>(xm, K, w, dm, ym, N, n); break;
-        default: i4_tile<1>(xm, K, w, dm, ym, N, n);
-      }
+#define T(B) i4_tile<B>(xm, K, w, dm, ym, N, n)
+      TILES(M - m, T)
+#undef T
     }
   i4_rows_ref(x, xs, M, K, w, dm, y, N, n, n1);
 }
@@ -242,6 +242,241 @@ static bool has_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return ok;
+}
+
+// ---- int8 / int4 weights times activations in two int8 digits (AVX512-VNNI) --------------
+// Widening every weight to fp32 makes the kernels above compute-bound (~0.25 / ~0.45 vector
+// instructions per weight). Here each call first writes the activations as integers, per group
+// of 32 with scale d = group max / 127: x = d * (q1 + q2 / 128), q1 = round(x / d) in -127..127
+// and q2 = round(128 * (x / d - q1)) in -64..64 (ties to even), a 16-bit-precise fixed point in
+// two bytes. vpdpbusd then multiplies 64 byte pairs and sums them in int32: one for each digit,
+// 128 * dot(w, q1) + dot(w, q2) (~0.12 / ~0.1 instructions per weight): the kernels become
+// bandwidth-bound. (llama.cpp keeps only q1; on SmolLM2 that 8-bit rounding of the activations
+// triples the logits' KL divergence from fp32 for int8 weights and adds 0.02 nats for Q4_1.)
+// vpdpbusd takes unsigned x signed bytes: Q4_1 nibbles are unsigned already; Q8_0 weights get
+// 128 added (a sign-bit flip), and 128 * (128 * sum(q1) + sum(q2)) is subtracted again through
+// the group's scales.
+//
+// Activation layout, per row, zero-padded to whole blocks of 16 groups (512 values):
+//   int8: per chunk of 2 groups (64 values), the 64 q1 then the 64 q2; 16 lane scales d / 128
+//         (8 per group); per group d * (128 * sum(q1) + sum(q2)) (the compensation).
+//   int4: per chunk of 4 groups, for q1 then q2: the low halves (values 0-15 of each group,
+//         matching the low nibbles of the weights' 16 bytes), then the high halves; 16 lane
+//         scales (4 per group); per group the exact fp32 sum of its values (Q4_1's minimum term).
+
+struct QAct {
+  std::vector<int8_t> q;  // (M, 2 * Kp)
+  std::vector<float> s;   // (M, S): 16 lane scales per chunk
+  std::vector<float> c;   // (M, Gp)
+  int64_t Kp, Gp, S;      // padded K, padded groups, lane scales per row
+};
+
+static bool vnni_on = true;
+
+static bool has_vnni() {
+  static const bool ok = has_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  return ok && vnni_on;
+}
+
+// fmt 1: int8 layout, fmt 2: int4 layout (see above)
+static QAct quantize_act(const float* x, int64_t M, int64_t K, int fmt) {
+  QAct a;
+  const int64_t G = K / 32;
+  a.Gp = (G + 15) / 16 * 16; a.Kp = a.Gp * 32;
+  const int64_t per_chunk = fmt == 1 ? 2 : 4;  // groups per 16 lane scales
+  a.S = a.Gp / per_chunk * 16;
+  a.q.assign(M * 2 * a.Kp, 0); a.s.assign(M * a.S, 0.f); a.c.assign(M * a.Gp, 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* xg = x + m * K + g * 32;
+      float amax = 0.f, sum = 0.f;
+      for (int j = 0; j < 32; ++j) { amax = std::max(amax, std::fabs(xg[j])); sum += xg[j]; }
+      const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+      int8_t q1[32], q2[32]; int32_t s1 = 0, s2 = 0;
+      for (int j = 0; j < 32; ++j) {
+        const float t = xg[j] * id, r = std::nearbyint(t);
+        q1[j] = (int8_t)r; q2[j] = (int8_t)std::nearbyint((t - r) * 128.f);
+        s1 += q1[j]; s2 += q2[j];
+      }
+      int8_t* qrow = a.q.data() + m * 2 * a.Kp; float* srow = a.s.data() + m * a.S;
+      const int64_t chunk = g / per_chunk, i = g % per_chunk;
+      if (fmt == 1) {
+        std::memcpy(qrow + chunk * 128 + i * 32, q1, 32);
+        std::memcpy(qrow + chunk * 128 + 64 + i * 32, q2, 32);
+        for (int l = 0; l < 8; ++l) srow[chunk * 16 + i * 8 + l] = d / 128.f;
+        a.c[m * a.Gp + g] = d * (128.f * (float)s1 + (float)s2);
+      } else {
+        for (int digit = 0; digit < 2; ++digit) {
+          const int8_t* q = digit ? q2 : q1; int8_t* o = qrow + chunk * 256 + digit * 128;
+          std::memcpy(o + i * 16, q, 16);
+          std::memcpy(o + 64 + i * 16, q + 16, 16);
+        }
+        for (int l = 0; l < 4; ++l) srow[chunk * 16 + i * 4 + l] = d / 128.f;
+        a.c[m * a.Gp + g] = sum;
+      }
+    }
+  return a;
+}
+
+template <int MB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+static inline void i8v_tile(const QAct& a, int64_t m0, int64_t K, const int8_t* w, const uint16_t* d, float* y, int64_t N, int64_t n) {
+  const int64_t G = K / 32;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  const __m512i half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512 acc[MB][4];
+  for (int m = 0; m < MB; ++m) for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int64_t ng = std::min<int64_t>(16, G - g0);
+    const __mmask16 dmask = (__mmask16)((1u << ng) - 1);
+    __m512 dv[4];
+    for (int r = 0; r < 4; ++r) {
+      pf(d + (n + r + PFD) * G + g0);
+      dv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(dmask, d + (n + r) * G + g0));
+    }
+    for (int m = 0; m < MB; ++m) {  // the compensation for the +128 on the weights
+      const __m512 cv = _mm512_loadu_ps(a.c.data() + (m0 + m) * a.Gp + g0);
+      for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_fnmadd_ps(dv[r], cv, acc[m][r]);
+    }
+    for (int64_t c = 0; 2 * c < ng; ++c) {
+      const int64_t k = (g0 + 2 * c) * 32;
+      const __mmask64 wmask = 2 * c + 1 < ng ? ~0ULL : 0xFFFFFFFFULL;
+      const __m512i idx = _mm512_add_epi32(half, _mm512_set1_epi32((int)(2 * c)));
+      __m512i wv[4]; __m512 sv[4];
+      for (int r = 0; r < 4; ++r) {
+        const int8_t* wp = w + (n + r) * K + k;
+        pf(wp + PFD * K);
+        wv[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(wmask, wp), flip);
+        sv[r] = _mm512_permutexvar_ps(idx, dv[r]);
+      }
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* xq = a.q.data() + (m0 + m) * 2 * a.Kp + 2 * k;
+        const __m512i x1 = _mm512_loadu_si512((const void*)xq), x2 = _mm512_loadu_si512((const void*)(xq + 64));
+        const __m512 xs = _mm512_loadu_ps(a.s.data() + (m0 + m) * a.S + (g0 / 2 + c) * 16);
+        for (int r = 0; r < 4; ++r) {
+          const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], x1), 7);
+          const __m512i dot = _mm512_dpbusd_epi32(hi, wv[r], x2);
+          acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sv[r], xs), acc[m][r]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < 4; ++r) y[(m0 + m) * N + n + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+template <int MB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+static inline void i4v_tile(const QAct& a, int64_t m0, int64_t K, const uint8_t* w, const uint16_t* dm, float* y, int64_t N, int64_t n) {
+  const int64_t G = K / 32;
+  const __m512i lo4 = _mm512_set1_epi8(15);
+  const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  __m512 acc[MB][4];
+  for (int m = 0; m < MB; ++m) for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int64_t ng = std::min<int64_t>(16, G - g0);
+    const __mmask32 pmask = ng == 16 ? ~0u : (__mmask32)((1u << (2 * ng)) - 1);
+    __m512 dv[4];
+    for (int r = 0; r < 4; ++r) {  // (scale, min) of 16 groups -> scales in dv, minimum term now
+      pf(dm + ((n + r + PFD) * G + g0) * 2);
+      const __m512i raw = _mm512_maskz_loadu_epi16(pmask, dm + ((n + r) * G + g0) * 2);
+      const __m512 p0 = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), p1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+      dv[r] = _mm512_permutex2var_ps(p0, even, p1);
+      const __m512 mv = _mm512_permutex2var_ps(p0, odd, p1);
+      for (int m = 0; m < MB; ++m)
+        acc[m][r] = _mm512_fmadd_ps(mv, _mm512_loadu_ps(a.c.data() + (m0 + m) * a.Gp + g0), acc[m][r]);
+    }
+    for (int64_t c = 0; 4 * c < ng; ++c) {
+      const int64_t g = g0 + 4 * c, left = std::min<int64_t>(4, ng - 4 * c);
+      const __mmask64 wmask = left == 4 ? ~0ULL : ((1ULL << (16 * left)) - 1);
+      const __m512i idx = _mm512_add_epi32(quarter, _mm512_set1_epi32((int)(4 * c)));
+      __m512i wl[4], wh[4]; __m512 sv[4];
+      for (int r = 0; r < 4; ++r) {
+        const uint8_t* wp = w + ((n + r) * G + g) * 16;
+        pf(wp + PFD * G * 16);
+        const __m512i b = _mm512_maskz_loadu_epi8(wmask, wp);
+        wl[r] = _mm512_and_si512(b, lo4);
+        wh[r] = _mm512_and_si512(_mm512_srli_epi16(b, 4), lo4);
+        sv[r] = _mm512_permutexvar_ps(idx, dv[r]);
+      }
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* xq = a.q.data() + (m0 + m) * 2 * a.Kp + g * 64;
+        const __m512i x1l = _mm512_loadu_si512((const void*)xq), x1h = _mm512_loadu_si512((const void*)(xq + 64));
+        const __m512i x2l = _mm512_loadu_si512((const void*)(xq + 128)), x2h = _mm512_loadu_si512((const void*)(xq + 192));
+        const __m512 xs = _mm512_loadu_ps(a.s.data() + (m0 + m) * a.S + (g / 4) * 16);
+        for (int r = 0; r < 4; ++r) {
+          __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl[r], x1l), wh[r], x1h);
+          dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(dot, 7), wl[r], x2l), wh[r], x2h);
+          acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sv[r], xs), acc[m][r]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < 4; ++r) y[(m0 + m) * N + n + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+// the same sums for the last N % 4 weight rows, one at a time (plain C++)
+static void i8v_rows_ref(const QAct& a, int64_t M, int64_t K, const int8_t* w, const uint16_t* d, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t G = K / 32;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < G; ++g) {
+        const int8_t* xq = a.q.data() + m * 2 * a.Kp + (g / 2) * 128 + (g % 2) * 32; int32_t dot = 0;
+        for (int j = 0; j < 32; ++j) dot += (128 * (int32_t)xq[j] + xq[64 + j]) * (int32_t)w[n * K + g * 32 + j];
+        acc += h2f(d[n * G + g]) * a.s[m * a.S + (g / 2) * 16 + (g % 2) * 8] * (float)dot;
+      }
+      y[m * N + n] = acc;
+    }
+}
+
+static void i4v_rows_ref(const QAct& a, int64_t M, int64_t K, const uint8_t* w, const uint16_t* dm, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t G = K / 32;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < G; ++g) {
+        const int8_t* xq = a.q.data() + m * 2 * a.Kp + (g / 4) * 256 + (g % 4) * 16;
+        const uint8_t* b = w + (n * G + g) * 16; int32_t dot = 0;
+        for (int j = 0; j < 16; ++j)
+          dot += (int32_t)(b[j] & 15) * (128 * xq[j] + xq[128 + j]) + (int32_t)(b[j] >> 4) * (128 * xq[64 + j] + xq[192 + j]);
+        acc += h2f(dm[(n * G + g) * 2]) * a.s[m * a.S + (g / 4) * 16 + (g % 4) * 4] * (float)dot
+             + h2f(dm[(n * G + g) * 2 + 1]) * a.c[m * a.Gp + g];
+      }
+      y[m * N + n] = acc;
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+static void i8v_rows_avx512(const QAct& a, int64_t M, int64_t K, const int8_t* w, const uint16_t* d, float* y, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t m = 0; m < M; m += 4) {
+#define T(B) i8v_tile<B>(a, m, K, w, d, y, N, n)
+      TILES(M - m, T)
+#undef T
+    }
+  i8v_rows_ref(a, M, K, w, d, y, N, n, n1);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+static void i4v_rows_avx512(const QAct& a, int64_t M, int64_t K, const uint8_t* w, const uint16_t* dm, float* y, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t m = 0; m < M; m += 4) {
+#define T(B) i4v_tile<B>(a, m, K, w, dm, y, N, n)
+      TILES(M - m, T)
+#undef T
+    }
+  i4v_rows_ref(a, M, K, w, dm, y, N, n, n1);
+}
+
+bool int8_activations(int64_t mode) {  // mode 0 / 1 turns the VNNI path off / on; < 0 asks
+  if (mode >= 0) vnni_on = mode != 0;
+  return has_vnni();
 }
 
 static void check_x(const at::Tensor& x, int64_t K) {
@@ -264,6 +499,13 @@ at::Tensor int8_mm(at::Tensor x, at::Tensor w, at::Tensor d) {
   const bool fast = has_avx512();
   // chunks of rows: a multiple of 4, about 64 KiB of weights each
   const int64_t grain = std::max<int64_t>(4, ((65536 / std::max<int64_t>(K, 1)) + 3) & ~int64_t(3));
+  if (gs == 32 && has_vnni()) {
+    const QAct a = quantize_act(xp, M, K, 1);
+    at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
+      i8v_rows_avx512(a, M, K, wp, dp, yp, N, b * 4, std::min(N, e * 4));
+    });
+    return y;
+  }
   at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
     const int64_t n0 = b * 4, n1 = std::min(N, e * 4);
     if (fast) i8_rows_avx512(xp, M, K, gs, wp, dp, yp, N, n0, n1); else i8_rows_ref(xp, M, K, gs, wp, dp, yp, N, n0, n1);
@@ -277,14 +519,22 @@ at::Tensor int4_mm(at::Tensor x, at::Tensor w, at::Tensor dm) {
   check_x(x, K);
   TORCH_CHECK(K % 32 == 0 && w.scalar_type() == at::kByte && w.is_contiguous());
   TORCH_CHECK(dm.scalar_type() == at::kHalf && dm.is_contiguous() && dm.numel() == N * G * 2);
-  const bool fast = has_avx512();
-  // (M, G) group sums for the minimum term of the plain loop (the AVX-512 one dequantizes instead)
-  auto xs = fast ? at::empty({0}, x.options()) : x.view({M, G, 32}).sum(-1).contiguous();
+  const bool fast = has_avx512(), vnni = has_vnni();
+  // (M, G) group sums for the minimum term of the plain loop (the AVX-512 tiles dequantize
+  // instead, but hand the last N % 4 rows to the plain loop)
+  auto xs = vnni ? at::empty({0}, x.options()) : x.view({M, G, 32}).sum(-1).contiguous();
   auto y = at::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>(); const float* xsp = xs.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>(); const uint16_t* dp = reinterpret_cast<const uint16_t*>(dm.data_ptr<at::Half>());
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(4, ((131072 / std::max<int64_t>(K, 1)) + 3) & ~int64_t(3));
+  if (vnni) {
+    const QAct a = quantize_act(xp, M, K, 2);
+    at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
+      i4v_rows_avx512(a, M, K, wp, dp, yp, N, b * 4, std::min(N, e * 4));
+    });
+    return y;
+  }
   at::parallel_for(0, (N + 3) / 4, std::max<int64_t>(1, grain / 4), [&](int64_t b, int64_t e) {
     const int64_t n0 = b * 4, n1 = std::min(N, e * 4);
     if (fast) i4_rows_avx512(xp, xsp, M, K, wp, dp, yp, N, n0, n1); else i4_rows_ref(xp, xsp, M, K, wp, dp, yp, N, n0, n1);
@@ -303,7 +553,7 @@ static inline void bf_tile(const uint16_t* x, int64_t K, const uint16_t* w, floa
   for (int64_t k = 0; k < K; k += 32) {
     __m512i wv[4];
     for (int r = 0; r < 4; ++r) {
-      _mm_prefetch((const char*)(wr[r] + PF_ROWS * K + k), _MM_HINT_T0);
+      pf(wr[r] + PFD * K + k);
       wv[r] = _mm512_loadu_si512((const void*)(wr[r] + k));
     }
     for (int m = 0; m < MB; ++m) {
@@ -331,12 +581,9 @@ static void bf_rows_avx512(const uint16_t* x, int64_t M, int64_t K, const uint16
   for (; n + 4 <= n1; n += 4)
     for (int64_t m = 0; m < M; m += 4) {
       const uint16_t* xm = x + m * K; float* ym = y + m * N;
-      switch (std::min<int64_t>(4, M - m)) {
-        case 4: bf_tile<4>(xm, K, w, ym, N, n); break;
-        case 3: bf_tile<3>(xm, K, w, ym, N, n); break;
-        case 2: bf_tile<2>(xm, K, w, ym, N, n); break;
-        default: bf_tile<1>(xm, K, w, ym, N, n);
-      }
+#define T(B) bf_tile<B>(xm, K, w, ym, N, n)
+      TILES(M - m, T)
+#undef T
     }
   bf_rows_ref(x, M, K, w, y, N, n, n1);
 }
@@ -712,8 +959,8 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v15", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
-                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer"], verbose=False)
+        mod = load_inline(name="herd_cpu_kernels_v24", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
         return False
@@ -739,7 +986,8 @@ def _load() -> bool:
         return w.new_empty(w.shape[0], w.shape[1] * 2, dtype=torch.float32)
 
     _fns.update({name: getattr(mod, name) for name in (
-        "int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer")})
+        "int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer",
+        "int8_activations")})
     return True
 
 
@@ -752,3 +1000,13 @@ def kernel(name: str):
     """The kernel `name` as a plain function (fastest to call from eager code)."""
     _load()
     return _fns[name]
+
+
+def int8_activations(enable: bool | None = None) -> bool:
+    """Whether the int8 / int4 kernels round activations to int8 (per group of 32) and use
+    AVX512-VNNI integer dot products (the default where the CPU has VNNI), or widen the weights
+    to fp32 and keep fp32 activations. `enable` switches the VNNI path on or off for this
+    process (for A/B measurements and tests); returns the state in effect."""
+    if not _load():
+        return False
+    return bool(_fns["int8_activations"](-1 if enable is None else int(enable)))

@@ -4,11 +4,12 @@
 
 Decode reads every weight once per token, so it is bound by memory bandwidth: int8 weights
 read 4x fewer bytes than fp32, int4 (Q4_1 style) about 6x. Activations keep the model's dtype.
-For a few activation rows (decode) the layers call herd's CPU kernels (`cpu_kernels`): PyTorch's
-own weight-only CPU kernels (`aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what
-gpt-fast uses) were 2-4x slower than the fp32 GEMV on the benchmark machine. For many rows
-(prefill, big batches), and on other devices, a layer dequantizes its weights for the dense
-GEMM.
+For a few activation rows (decode) the layers call herd's CPU kernels (`cpu_kernels`; with
+AVX512-VNNI they take the activations as 16-bit fixed point per group of 32 and use integer
+dot products, as accurate as fp32 activations on SmolLM2's logits). PyTorch's own weight-only
+CPU kernels (`aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what gpt-fast uses)
+were 2-4x slower than the fp32 GEMV on the benchmark machine. For many rows (prefill, big
+batches), and on other devices, a layer dequantizes its weights for the dense GEMM.
 
 Under "int4" the output head is int8 (as GGUF files keep the embedding / head at 8 bits):
 its logits are the most sensitive to rounding. Tied embeddings stay in the model's dtype for

@@ -7,6 +7,8 @@ average (measured 0.1 vs a standard deviation of ~4), so the tests allow 5% on a
 require the greedy continuation to agree on most tokens, not all: near-ties may flip. Kernel
 and PyTorch paths compute the same products in another order: 1e-4 relative.
 """
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from herd.engine.request import SamplingParams
 from herd.errors import HerdError
 from herd.model import cpu_kernels
 from herd.model.quantize import (
+    DENSE_ROWS,
     DenseLinear,
     Int4Linear,
     Int8Linear,
@@ -109,21 +112,59 @@ def test_int4_holds_the_gguf_q4_1_weights_exactly(loaded):
                        torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]))
 
 
+def fixed_point_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the VNNI kernels see it: per group of 32, scale d = group max / 127 and two int8
+    digits, x = d * (q1 + q2 / 128) (ties to even)."""
+    g = x.reshape(*x.shape[:-1], -1, 32)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    t = g * torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q1 = torch.round(t)
+    q2 = torch.round((t - q1) * 128)
+    return ((q1 + q2 / 128) * d).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", [(40, 96), (43, 576)], ids=["K96", "K576"])
 @pytest.mark.parametrize("rows", [1, 3, 16, 64])
-@pytest.mark.parametrize("kind", ["int8", "int4", "dense", "dense_bf16"])
-def test_kernel_path_equals_dequantized_matmul(kind, rows):
-    torch.manual_seed(rows)
-    lin = nn.Linear(96, 40, bias=False)  # 40 rows: four-row tiles plus nothing left; K = 3 groups
+@pytest.mark.parametrize(("kind", "vnni"), [
+    ("int8", True), ("int8", False), ("int4", True), ("int4", False), ("dense", True), ("dense_bf16", True),
+], ids=["int8-vnni", "int8-fp32act", "int4-vnni", "int4-fp32act", "dense", "dense_bf16"])
+def test_kernel_path_equals_dequantized_matmul(kind, vnni, rows, shape):
+    """Each kernel against the product of the dequantized weights. 40 rows: four-row tiles and
+    nothing left; 43: three rows for the tail loop. K = 96 is 3 groups of 32, K = 576 is 18:
+    one block of 16 groups and a part-filled one. With the VNNI path (activations in int8
+    digits) the reference rounds the activations the same way; for int4 the Q4_1 minimum term takes the
+    exact activation sums, as the kernel does."""
+    n, k = shape
+    torch.manual_seed(rows + k)
+    lin = nn.Linear(k, n, bias=False)
     if kind == "dense_bf16":
         lin = lin.to(torch.bfloat16)
     layer = {"int8": Int8Linear, "int4": Int4Linear}.get(kind, DenseLinear).from_linear(lin)
     weight = layer.weight.float() if kind.startswith("dense") else layer.dequantize()
-    x = torch.randn(2, rows, 96)
-    with torch.no_grad():
-        got = layer(x.to(lin.weight.dtype)).float()
-    want = (x.to(lin.weight.dtype).float() @ weight.t())
+    x = torch.randn(2, rows, k)
+    try:
+        on = cpu_kernels.int8_activations(vnni)
+        with torch.no_grad():
+            got = layer(x.to(lin.weight.dtype)).float()
+    finally:
+        cpu_kernels.int8_activations(True)
+    xs = x.to(lin.weight.dtype).float()
+    if kind in ("int8", "int4") and on and rows * 2 <= DENSE_ROWS:
+        if kind == "int8":
+            want = fixed_point_activations(xs) @ weight.t()
+        else:
+            mins = layer.scale_min.float()[..., 1:].expand(n, k // 32, 32).reshape(n, k)
+            want = fixed_point_activations(xs) @ (weight - mins).t() + xs @ mins.t()
+    else:
+        want = xs @ weight.t()
     tol = 2e-2 if kind == "dense_bf16" else 1e-4  # bf16 output rounding
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_vnni_path_is_taken_where_the_cpu_has_it():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    has = " avx512_vnni " in flags and " avx512vl " in flags
+    assert cpu_kernels.int8_activations() == (has and cpu_kernels.available())
 
 
 def test_odd_shapes_fall_back_and_agree():
