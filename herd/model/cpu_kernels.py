@@ -278,7 +278,8 @@ static bool has_vnni() {
   return ok && vnni_on;
 }
 
-// fmt 1: int8 layout, fmt 2: int4 layout (see above)
+// fmt 1: int8 layout, fmt 2: int4 layout (see above). Called only where VNNI (so AVX-512) is.
+__attribute__((target("avx512f,avx512bw,avx512vl")))
 static QAct quantize_act(const float* x, int64_t M, int64_t K, int fmt) {
   QAct a;
   const int64_t G = K / 32;
@@ -286,34 +287,29 @@ static QAct quantize_act(const float* x, int64_t M, int64_t K, int fmt) {
   const int64_t per_chunk = fmt == 1 ? 2 : 4;  // groups per 16 lane scales
   a.S = a.Gp / per_chunk * 16;
   a.q.assign(M * 2 * a.Kp, 0); a.s.assign(M * a.S, 0.f); a.c.assign(M * a.Gp, 0.f);
+  constexpr int RND = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
-      const float* xg = x + m * K + g * 32;
-      float amax = 0.f, sum = 0.f;
-      for (int j = 0; j < 32; ++j) { amax = std::max(amax, std::fabs(xg[j])); sum += xg[j]; }
+      const __m512 v[2] = {_mm512_loadu_ps(x + m * K + g * 32), _mm512_loadu_ps(x + m * K + g * 32 + 16)};
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
       const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
-      int8_t q1[32], q2[32]; int32_t s1 = 0, s2 = 0;
-      for (int j = 0; j < 32; ++j) {
-        const float t = xg[j] * id, r = std::nearbyint(t);
-        q1[j] = (int8_t)r; q2[j] = (int8_t)std::nearbyint((t - r) * 128.f);
-        s1 += q1[j]; s2 += q2[j];
-      }
       int8_t* qrow = a.q.data() + m * 2 * a.Kp; float* srow = a.s.data() + m * a.S;
       const int64_t chunk = g / per_chunk, i = g % per_chunk;
-      if (fmt == 1) {
-        std::memcpy(qrow + chunk * 128 + i * 32, q1, 32);
-        std::memcpy(qrow + chunk * 128 + 64 + i * 32, q2, 32);
-        for (int l = 0; l < 8; ++l) srow[chunk * 16 + i * 8 + l] = d / 128.f;
-        a.c[m * a.Gp + g] = d * (128.f * (float)s1 + (float)s2);
-      } else {
-        for (int digit = 0; digit < 2; ++digit) {
-          const int8_t* q = digit ? q2 : q1; int8_t* o = qrow + chunk * 256 + digit * 128;
-          std::memcpy(o + i * 16, q, 16);
-          std::memcpy(o + 64 + i * 16, q + 16, 16);
-        }
-        for (int l = 0; l < 4; ++l) srow[chunk * 16 + i * 4 + l] = d / 128.f;
-        a.c[m * a.Gp + g] = sum;
+      int32_t s1 = 0, s2 = 0;
+      for (int h = 0; h < 2; ++h) {  // values 16h .. 16h + 15 of the group
+        const __m512 t = _mm512_mul_ps(v[h], _mm512_set1_ps(id)), r = _mm512_roundscale_ps(t, RND);
+        const __m512i q1 = _mm512_cvtps_epi32(r);
+        const __m512i q2 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(t, r), _mm512_set1_ps(128.f)), RND));
+        s1 += _mm512_reduce_add_epi32(q1); s2 += _mm512_reduce_add_epi32(q2);
+        // where the 16 values go: int8 keeps the order; int4 puts them in the low / high half
+        int8_t* o1 = fmt == 1 ? qrow + chunk * 128 + i * 32 + h * 16 : qrow + chunk * 256 + h * 64 + i * 16;
+        int8_t* o2 = o1 + (fmt == 1 ? 64 : 128);
+        _mm_storeu_si128((__m128i*)o1, _mm512_cvtepi32_epi8(q1));
+        _mm_storeu_si128((__m128i*)o2, _mm512_cvtepi32_epi8(q2));
       }
+      const int lanes = fmt == 1 ? 8 : 4;
+      for (int l = 0; l < lanes; ++l) srow[chunk * 16 + i * lanes + l] = d / 128.f;
+      a.c[m * a.Gp + g] = fmt == 1 ? d * (128.f * (float)s1 + (float)s2) : _mm512_reduce_add_ps(_mm512_add_ps(v[0], v[1]));
     }
   return a;
 }
@@ -959,7 +955,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v24", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v25", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
