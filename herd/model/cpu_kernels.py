@@ -37,6 +37,7 @@ _SOURCE = r"""
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cstring>
 
 // a 1-4-row tile template for the activation rows left (the tiles are AVX-512 function
@@ -758,17 +759,16 @@ at::Tensor silu_mul(at::Tensor gu) {
   return y;
 }
 
-// softmax of p[0..L) in place
-static void softmax_row(float* p, int64_t L) {
+// p[j] = exp(p[j] - max) in place, for a softmax computed in parts; returns (max, sum)
+static std::pair<float, float> exp_row(float* p, int64_t L) {
   float mx = -INFINITY, sum = 0.f;
   for (int64_t j = 0; j < L; ++j) mx = std::max(mx, p[j]);
   for (int64_t j = 0; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
-  const float inv = 1.f / sum;
-  for (int64_t j = 0; j < L; ++j) p[j] *= inv;
+  return {mx, sum};
 }
 
 __attribute__((target("avx512f")))
-static void softmax_row_avx512(float* p, int64_t L) {
+static std::pair<float, float> exp_row_avx512(float* p, int64_t L) {
   const int64_t L16 = L & ~int64_t(15);
   __m512 mv = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < L16; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(p + j));
@@ -783,24 +783,34 @@ static void softmax_row_avx512(float* p, int64_t L) {
   }
   float sum = _mm512_reduce_add_ps(sv);
   for (int64_t j = L16; j < L; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
-  const __m512 inv = _mm512_set1_ps(1.f / sum);
-  for (int64_t j = 0; j < L16; j += 16) _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), inv));
-  for (int64_t j = L16; j < L; ++j) p[j] *= 1.f / sum;
+  return {mx, sum};
 }
 
 // ---- paged attention for decode: one query per sequence, K/V read through its slot list ------
 // q (B, H, D) fp32; kc / vc (Hkv, S, D) fp32 or bf16 (one layer of the paged cache); slots (B, W)
 // int64 (cache slot of each position, padded); lens (B,) int64 (positions to attend) -> (B, H, D)
-// fp32. Each (sequence, KV head) is one task that reads its keys and values once for all the
-// query heads of its group: no gather copy, no padding computed, and the result of a sequence
-// does not depend on what else is in the batch.
+// fp32. A task is one (sequence, KV head, span of up to PAGED_SPAN positions): it reads its keys
+// and values once for all the query heads of its group and leaves an unnormalised output with
+// its softmax max and sum; a second pass merges a sequence's spans. Spans keep both threads busy
+// when one sequence has fewer KV heads than there are threads (SmolLM2: 3 on 2 cores). No gather
+// copy, no padding computed, and a sequence's result does not depend on the rest of the batch
+// (its spans depend on its own length only).
 
+static constexpr int64_t PAGED_SPAN = 64;
+
+// the task's part: o (rep, D) unnormalised, then max (rep) and sum (rep)
 template <typename T, bool FAST>
 static inline __attribute__((always_inline)) void paged_task(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
-                       int64_t D, float scale, float* out, std::vector<float>& sc) {
+                       int64_t D, float scale, float* part, std::vector<float>& sc) {
   sc.assign(rep * L, 0.f);
+  const int64_t row_bytes = D * (int64_t)sizeof(T);
   for (int64_t j = 0; j < L; ++j) {
     TORCH_CHECK(sl[j] >= 0 && sl[j] < S, "paged_decode: slot out of range");
+    if (j + 8 < L && sl[j + 8] >= 0 && sl[j + 8] < S)  // the next rows: the slot list defeats the hardware prefetcher
+      for (int64_t o = 0; o < row_bytes; o += 64) {
+        _mm_prefetch((const char*)(kg + sl[j + 8] * D) + o, _MM_HINT_T0);
+        _mm_prefetch((const char*)(vg + sl[j + 8] * D) + o, _MM_HINT_T1);
+      }
     const T* kr = kg + sl[j] * D;
     for (int64_t r = 0; r < rep; ++r) {
       const float* qr = q + r * D; float s = 0.f;
@@ -810,13 +820,14 @@ static inline __attribute__((always_inline)) void paged_task(const float* q, con
     }
   }
   for (int64_t r = 0; r < rep; ++r) {
-    if (FAST) softmax_row_avx512(sc.data() + r * L, L); else softmax_row(sc.data() + r * L, L);
-    std::memset(out + r * D, 0, D * sizeof(float));
+    const auto ms = FAST ? exp_row_avx512(sc.data() + r * L, L) : exp_row(sc.data() + r * L, L);
+    part[rep * D + r] = ms.first; part[rep * D + rep + r] = ms.second;
+    std::memset(part + r * D, 0, D * sizeof(float));
   }
   for (int64_t j = 0; j < L; ++j) {
     const T* vr = vg + sl[j] * D;
     for (int64_t r = 0; r < rep; ++r) {
-      const float p = sc[r * L + j]; float* o = out + r * D;
+      const float p = sc[r * L + j]; float* o = part + r * D;
 #pragma omp simd
       for (int64_t i = 0; i < D; ++i) o[i] += p * (float)vr[i];
     }
@@ -826,8 +837,8 @@ static inline __attribute__((always_inline)) void paged_task(const float* q, con
 template <typename T>
 __attribute__((target("avx512f,avx512bw,fma")))
 static void paged_task_avx512(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
-                              int64_t D, float scale, float* out, std::vector<float>& sc) {
-  paged_task<T, true>(q, kg, vg, sl, L, S, rep, D, scale, out, sc);
+                              int64_t D, float scale, float* part, std::vector<float>& sc) {
+  paged_task<T, true>(q, kg, vg, sl, L, S, rep, D, scale, part, sc);
 }
 
 at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor slots, at::Tensor lens) {
@@ -839,26 +850,54 @@ at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor s
               lens.scalar_type() == at::kLong && lens.is_contiguous() && lens.numel() == q.size(0), "paged_decode: bad slots / lens");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kc.size(0), S = kc.size(1), W = slots.size(1);
   TORCH_CHECK(kc.size(2) == D && H % Hkv == 0, "paged_decode: head shapes do not match");
-  const int64_t rep = H / Hkv;
+  const int64_t rep = H / Hkv, P = rep * (D + 2);  // floats per task part
   const int64_t* sp = slots.data_ptr<int64_t>(); const int64_t* lp = lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(lp[b] > 0 && lp[b] <= W, "paged_decode: length out of range");
+  std::vector<int64_t> first(B + 1, 0);  // the first task of each sequence
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] > 0 && lp[b] <= W, "paged_decode: length out of range");
+    first[b + 1] = first[b] + Hkv * ((lp[b] + PAGED_SPAN - 1) / PAGED_SPAN);
+  }
+  std::vector<float> parts(first[B] * P);
   auto out = at::empty({B, H, D}, q.options());
   const float* qp = q.data_ptr<float>(); float* op = out.data_ptr<float>();
   const float scale = 1.f / std::sqrt((float)D);
   const bool fast = has_avx512();
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, first[B], 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> sc;
-    for (int64_t t = b0; t < b1; ++t) {
-      const int64_t b = t / Hkv, g = t % Hkv;
-      const float* qg = qp + (b * H + g * rep) * D; float* og = op + (b * H + g * rep) * D;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = std::upper_bound(first.begin(), first.end(), t) - first.begin() - 1;
+      const int64_t spans = (first[b + 1] - first[b]) / Hkv, g = (t - first[b]) / spans, s = (t - first[b]) % spans;
+      const int64_t j0 = s * PAGED_SPAN, n = std::min(PAGED_SPAN, lp[b] - j0);
+      const float* qg = qp + (b * H + g * rep) * D; float* part = parts.data() + t * P;
+      const int64_t* sl = sp + b * W + j0;
       if (kc.scalar_type() == at::kFloat) {
         const float* kg = kc.data_ptr<float>() + g * S * D; const float* vg = vc.data_ptr<float>() + g * S * D;
-        if (fast) paged_task_avx512<float>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
-        else paged_task<float, false>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        if (fast) paged_task_avx512<float>(qg, kg, vg, sl, n, S, rep, D, scale, part, sc);
+        else paged_task<float, false>(qg, kg, vg, sl, n, S, rep, D, scale, part, sc);
       } else {
         const at::BFloat16* kg = kc.data_ptr<at::BFloat16>() + g * S * D; const at::BFloat16* vg = vc.data_ptr<at::BFloat16>() + g * S * D;
-        if (fast) paged_task_avx512<at::BFloat16>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
-        else paged_task<at::BFloat16, false>(qg, kg, vg, sp + b * W, lp[b], S, rep, D, scale, og, sc);
+        if (fast) paged_task_avx512<at::BFloat16>(qg, kg, vg, sl, n, S, rep, D, scale, part, sc);
+        else paged_task<at::BFloat16, false>(qg, kg, vg, sl, n, S, rep, D, scale, part, sc);
+      }
+    }
+  });
+  // merge each (sequence, KV head)'s spans: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s
+  at::parallel_for(0, B * Hkv, 16, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / Hkv, g = u % Hkv, spans = (first[b + 1] - first[b]) / Hkv;
+      const float* p0 = parts.data() + (first[b] + g * spans) * P;
+      for (int64_t r = 0; r < rep; ++r) {
+        float M = -INFINITY, l = 0.f;
+        for (int64_t s = 0; s < spans; ++s) M = std::max(M, p0[s * P + rep * D + r]);
+        float* o = op + (b * H + g * rep + r) * D;
+        std::memset(o, 0, D * sizeof(float));
+        for (int64_t s = 0; s < spans; ++s) {
+          const float* ps = p0 + s * P; const float w = std::exp(ps[rep * D + r] - M);
+          l += w * ps[rep * D + rep + r];
+          for (int64_t i = 0; i < D; ++i) o[i] += w * ps[r * D + i];
+        }
+        const float inv = 1.f / l;
+        for (int64_t i = 0; i < D; ++i) o[i] *= inv;
       }
     }
   });
@@ -955,7 +994,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v25", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v26", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)

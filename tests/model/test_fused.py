@@ -44,10 +44,10 @@ def test_rms_norm_rope_and_silu_mul_match_pytorch():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paged_decode_matches_gathered_softmax_attention(dtype):
     torch.manual_seed(1)
-    hkv, h, d, slots_total = 2, 6, 16, 200
+    hkv, h, d, slots_total = 2, 6, 16, 400
     kc = torch.randn(hkv, slots_total, d).to(dtype)
     vc = torch.randn(hkv, slots_total, d).to(dtype)
-    lens = [1, 37, 120]
+    lens = [1, 37, 120, 64, 65, 300]  # one span of 64 positions, parts of spans, several spans
     slots = torch.zeros(len(lens), max(lens), dtype=torch.long)
     for b, n in enumerate(lens):  # scattered slot lists, as block tables give
         slots[b, :n] = torch.randperm(slots_total - 1)[:n] + 1
@@ -60,7 +60,7 @@ def test_paged_decode_matches_gathered_softmax_attention(dtype):
         p = torch.softmax(qg @ k.transpose(1, 2) / d**0.5, dim=-1)
         torch.testing.assert_close(got[b], (p @ v).reshape(h, d), rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="length out of range"):
-        cpu_kernels.kernel("paged_decode")(q, kc, vc, slots, torch.tensor([0, 1, 1]))
+        cpu_kernels.kernel("paged_decode")(q, kc, vc, slots, torch.tensor([0, 1, 1, 1, 1, 1]))
 
 
 @pytest.fixture(scope="module")
