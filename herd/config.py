@@ -262,6 +262,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Inference engine settings (continuous batching over a paged KV cache)."""
@@ -276,6 +279,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # prompt + output cap; None: the model's context length
     compile_decode: bool = False  # torch.compile the decode-only steps (slow first steps, then faster)
+    # K/V storage: "auto" (the model's dtype) or one of KV_CACHE_DTYPES; bfloat16 halves the
+    # bytes decode attention reads per token (and doubles the tokens a pool holds)
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -286,3 +292,5 @@ class EngineConfig:
             raise HerdError(f"kv_cache_fraction must be in (0, 0.95], got {self.kv_cache_fraction}")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise HerdError("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise HerdError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")

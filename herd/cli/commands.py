@@ -30,6 +30,7 @@ def engine_config(args: argparse.Namespace):
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 

@@ -7,6 +7,7 @@ import sys
 import traceback
 
 from herd import __version__
+from herd.config import KV_CACHE_DTYPES
 from herd.errors import HerdError
 
 EPILOG_GENERATE = """examples:
@@ -84,6 +85,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-model-len", type=int, default=None, metavar="N",
                    help="cap on prompt + output tokens (default: the model's context length)")
     e.add_argument("--block-size", type=int, default=16, metavar="N", help="tokens per KV block (default 16)")
+    e.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                   help="K/V storage: auto (the model's dtype) or bfloat16 (half the bytes per token: faster "
+                   "long-context decode, twice the tokens per pool)")
     e.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
 
 

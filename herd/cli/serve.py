@@ -9,6 +9,8 @@ import re
 import sys
 from typing import Any
 
+from herd.config import KV_CACHE_DTYPES
+
 EPILOG = """examples:
   herd serve                                         # the built-in SmolLM2 + all-MiniLM-L6-v2 on :8321
   herd serve --model ./Llama-3.1-8B-Instruct --port 8000
@@ -76,6 +78,8 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-memory", type=byte_size, default=None, metavar="SIZE",
                    help="KV-cache pool size per model, e.g. 2GiB (default: a quarter of free memory)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV-cache pool size in blocks (overrides memory)")
+    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=None,
+                   help="K/V storage: auto (the model's dtype, the default) or bfloat16 (half the bytes per token)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences decoded at once (default 64)")
     p.add_argument("--max-model-len", type=int, default=None, help="cap on prompt + output tokens per request")
     p.add_argument("--max-request-bytes", type=byte_size, default=None, metavar="SIZE",
@@ -109,7 +113,8 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     if not any(m.type == "llm" for m in models):
         models.insert(0, ModelSpec(id=DEFAULT_MODEL))
     overrides = {k: v for k, v in dict(num_blocks=args.num_blocks, kv_cache_memory=args.kv_cache_memory,
-                                       max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len).items()
+                                       max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                                       kv_cache_dtype=args.kv_cache_dtype).items()
                  if v is not None}
     out = []
     for m in models:

@@ -22,7 +22,7 @@ from herd.engine.request import (
     RequestStatus,
     SamplingParams,
 )
-from herd.engine.runner import ModelRunner, PagedKVCache
+from herd.engine.runner import ModelRunner, PagedKVCache, kv_dtype
 from herd.engine.sampling import SamplingBatch, sample_batch
 from herd.engine.scheduler import Scheduler
 from herd.errors import HerdError
@@ -82,7 +82,8 @@ class LLMEngine:
             self.kv, config.max_num_batched_tokens, config.max_num_seqs,
             config.long_prefill_token_threshold, tokenizer.stop_ids, self.max_model_len,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size, config.compile_decode)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.compile_decode,
+                                  kv_dtype(config.kv_cache_dtype, model))
         self.seqs: dict[str, _Seq] = {}
         self.groups: dict[str, _Group] = {}
         self._grammars = None
@@ -91,7 +92,7 @@ class LLMEngine:
 
     def _blocks_for_memory(self) -> int:
         c = self.config
-        per_block = PagedKVCache.bytes_per_block(self.model, c.block_size, self.model.tok_embeddings.weight.dtype)
+        per_block = PagedKVCache.bytes_per_block(self.model, c.block_size, kv_dtype(c.kv_cache_dtype, self.model))
         budget = c.kv_cache_memory or int(available_memory(self.device) * c.kv_cache_fraction)
         # never more than every sequence at full length needs
         most = c.max_num_seqs * cdiv(self.max_model_len, c.block_size) + 1

@@ -21,12 +21,20 @@ class _Prefill:
     slots: torch.Tensor  # (S,) cache slots of positions 0..S-1 (S = start + q_len)
 
 
+def kv_dtype(name: str, model: Transformer) -> torch.dtype:
+    """The K/V storage dtype an EngineConfig.kv_cache_dtype names ("auto": the model's)."""
+    if name == "auto":
+        return model.tok_embeddings.weight.dtype
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
 class PagedKVCache:
     """Paged K/V tensors plus the per-step view (which tokens go where, who attends to what)."""
 
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int):
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, dtype: torch.dtype | None = None):
         a = model.args
         w = model.tok_embeddings.weight
+        self.dtype = dtype or w.dtype  # K/V storage; attention computes in the activations' dtype
         # (Hkv, slots, hd): a gather of slots gives each KV head a contiguous (slots, hd) matrix,
         # so batched decode attention runs as plain batched matmuls without relayout copies
         shape = (a.kv_heads, num_blocks * block_size, a.hd)
@@ -35,17 +43,18 @@ class PagedKVCache:
         # empty, not zeros: the OS maps pages as they are first written, so a large pool costs no
         # time or RSS up front; a slot is always written before it is read, except the null block
         # (padding of decode batches, masked out), which must hold finite values: zero it
-        self.k = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in range(a.n_layers)]
-        self.v = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in range(a.n_layers)]
+        self.k = [torch.empty(shape, dtype=self.dtype, device=w.device) for _ in range(a.n_layers)]
+        self.v = [torch.empty(shape, dtype=self.dtype, device=w.device) for _ in range(a.n_layers)]
         for t in (*self.k, *self.v):
             t[:, :block_size].zero_()
         self.block_size = block_size
         self.device = w.device
         # herd's paged decode-attention kernel: reads each sequence's K/V in place through its
         # slot list (no gather copy, no padded columns); it takes fp32 queries, so fp32 models on
-        # the CPU (the activations have the cache's dtype)
+        # the CPU, and an fp32 or bf16 cache
         self._paged = None
-        if self.device.type == "cpu" and w.dtype is torch.float32 and cpu_kernels.available():
+        if (self.device.type == "cpu" and w.dtype is torch.float32 and self.dtype in (torch.float32, torch.bfloat16)
+                and cpu_kernels.available()):
             self._paged = cpu_kernels.kernel("paged_decode")
 
     @staticmethod
@@ -102,15 +111,15 @@ class PagedKVCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
         kc, vc = self.k[layer], self.v[layer]
-        kc.index_copy_(1, self.slot_mapping, k[0])  # (Hkv, N, hd) into their slots
-        vc.index_copy_(1, self.slot_mapping, v[0])
+        kc.index_copy_(1, self.slot_mapping, k[0].to(kc.dtype))  # (Hkv, N, hd) into their slots
+        vc.index_copy_(1, self.slot_mapping, v[0].to(vc.dtype))
         if not self.prefills:  # all rows decode, in order: no scatter into an output buffer
             return self._decode(q[0], kc, vc).transpose(0, 1)[None]
         out = torch.empty_like(q)
         for p in self.prefills:
             rows = slice(p.q_start, p.q_start + p.q_len)
-            ks = kc.index_select(1, p.slots)[None]  # (1, Hkv, S, hd)
-            vs = vc.index_select(1, p.slots)[None]
+            ks = kc.index_select(1, p.slots)[None].to(q.dtype)  # (1, Hkv, S, hd)
+            vs = vc.index_select(1, p.slots)[None].to(q.dtype)
             out[:, :, rows] = attention(q[:, :, rows], ks, vs, p.slots.shape[0] - p.q_len)
         if len(self.dec_rows):
             out[0, :, self.dec_rows] = self._decode(q[0, :, self.dec_rows], kc, vc).transpose(0, 1)
@@ -123,8 +132,8 @@ class PagedKVCache:
         h, bd, d = q.shape
         hkv = kc.shape[0]
         # index_select of whole rows: a plain gather, far cheaper per call than advanced indexing
-        ks = kc.index_select(1, self.dec_slots_flat).view(hkv, bd, -1, d)  # (Hkv, Bd, S, hd)
-        vs = vc.index_select(1, self.dec_slots_flat).view(ks.shape)
+        ks = kc.index_select(1, self.dec_slots_flat).view(hkv, bd, -1, d).to(q.dtype)  # (Hkv, Bd, S, hd)
+        vs = vc.index_select(1, self.dec_slots_flat).view(ks.shape).to(q.dtype)
         qg = q.view(hkv, h // hkv, bd, d).transpose(1, 2)  # (Hkv, Bd, rep, hd): heads grouped by KV head
         # matmuls rather than einsum: same contraction, less per-call overhead in decode
         scores = (qg @ ks.transpose(-1, -2)).float() * d**-0.5  # (Hkv, Bd, rep, S)
@@ -137,9 +146,10 @@ class PagedKVCache:
 class ModelRunner:
     """Runs the model over a SchedulerOutput and returns logits of the rows that sample."""
 
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int, compile_decode: bool = False):
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, compile_decode: bool = False,
+                 kv_dtype: torch.dtype | None = None):
         self.model = model
-        self.cache = PagedKVCache(model, num_blocks, block_size)
+        self.cache = PagedKVCache(model, num_blocks, block_size, kv_dtype)
         self.device = model.tok_embeddings.weight.device
         # steps that only decode run a compiled forward (Python per-op overhead dominates a small
         # model's decode); steps with prefills stay eager, so prompt shapes never recompile it

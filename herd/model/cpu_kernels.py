@@ -834,11 +834,58 @@ static inline __attribute__((always_inline)) void paged_task(const float* q, con
   }
 }
 
+// AVX-512 version for head sizes that are multiples of 16 (64 and 128 in Llama models): a key
+// row is loaded once into registers for all the query heads of its group, and the output rows
+// stay in registers while the values stream past (the plain loops above reload them per value)
 template <typename T>
 __attribute__((target("avx512f,avx512bw,fma")))
 static void paged_task_avx512(const float* q, const T* kg, const T* vg, const int64_t* sl, int64_t L, int64_t S, int64_t rep,
                               int64_t D, float scale, float* part, std::vector<float>& sc) {
-  paged_task<T, true>(q, kg, vg, sl, L, S, rep, D, scale, part, sc);
+  if (D % 16 != 0 || D > 256) { paged_task<T, true>(q, kg, vg, sl, L, S, rep, D, scale, part, sc); return; }
+  const int64_t nv = D / 16, row_bytes = D * (int64_t)sizeof(T);
+  sc.assign(rep * L, 0.f);
+  for (int64_t j = 0; j < L; ++j) {
+    TORCH_CHECK(sl[j] >= 0 && sl[j] < S, "paged_decode: slot out of range");
+    if (j + 8 < L && sl[j + 8] >= 0 && sl[j + 8] < S)  // the slot list defeats the hardware prefetcher
+      for (int64_t o = 0; o < row_bytes; o += 64) {
+        _mm_prefetch((const char*)(kg + sl[j + 8] * D) + o, _MM_HINT_T0);
+        _mm_prefetch((const char*)(vg + sl[j + 8] * D) + o, _MM_HINT_T1);
+      }
+    const T* kr = kg + sl[j] * D;
+    __m512 kv[16];
+    for (int64_t v = 0; v < nv; ++v) kv[v] = load16(kr + 16 * v);
+    for (int64_t r = 0; r < rep; ++r) {
+      const float* qr = q + r * D;
+      __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), kv[0]);
+      for (int64_t v = 1; v < nv; ++v) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 16 * v), kv[v], acc);
+      sc[r * L + j] = _mm512_reduce_add_ps(acc) * scale;
+    }
+  }
+  for (int64_t r = 0; r < rep; ++r) {
+    const auto ms = exp_row_avx512(sc.data() + r * L, L);
+    part[rep * D + r] = ms.first; part[rep * D + rep + r] = ms.second;
+  }
+  // o[r] = sum_j p[r, j] v_j, for up to 4 heads x 64 values at a time in 16 registers
+  for (int64_t r0 = 0; r0 < rep; r0 += 4) {
+    const int64_t nr = std::min<int64_t>(4, rep - r0);
+    for (int64_t v0 = 0; v0 < nv; v0 += 4) {
+      const int64_t nw = std::min<int64_t>(4, nv - v0);
+      __m512 acc[4][4];
+      for (int r = 0; r < 4; ++r) for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < L; ++j) {
+        const T* vr = vg + sl[j] * D + 16 * v0;
+        __m512 vv[4];
+        for (int v = 0; v < 4; ++v) if (v < nw) vv[v] = load16(vr + 16 * v);
+        for (int r = 0; r < 4; ++r) {
+          if (r >= nr) break;
+          const __m512 p = _mm512_set1_ps(sc[(r0 + r) * L + j]);
+          for (int v = 0; v < 4; ++v) if (v < nw) acc[r][v] = _mm512_fmadd_ps(p, vv[v], acc[r][v]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int v = 0; v < nw; ++v) _mm512_storeu_ps(part + (r0 + r) * D + 16 * (v0 + v), acc[r][v]);
+    }
+  }
 }
 
 at::Tensor paged_decode(at::Tensor q, at::Tensor kc, at::Tensor vc, at::Tensor slots, at::Tensor lens) {
@@ -924,8 +971,8 @@ at::Tensor decode_layer(at::Tensor x, std::vector<at::Tensor> t, std::vector<int
                         at::Tensor cos, at::Tensor sin, at::Tensor kc, at::Tensor vc, at::Tensor slot_mapping,
                         at::Tensor slots, at::Tensor lens) {
   TORCH_CHECK(t.size() == 10 && fmt.size() == 4, "decode_layer: expected 10 tensors and 4 formats");
-  TORCH_CHECK(kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat && kc.is_contiguous() && vc.is_contiguous(),
-              "decode_layer: the KV cache must be contiguous fp32");
+  TORCH_CHECK((kc.scalar_type() == at::kFloat || kc.scalar_type() == at::kBFloat16) && vc.scalar_type() == kc.scalar_type() &&
+              kc.is_contiguous() && vc.is_contiguous(), "decode_layer: the KV cache must be contiguous fp32 or bf16");
   TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.is_contiguous() && slot_mapping.numel() == x.size(0),
               "decode_layer: one cache slot per row");
   const int64_t M = x.size(0), D = kc.size(2), S = kc.size(1);
@@ -933,15 +980,22 @@ at::Tensor decode_layer(at::Tensor x, std::vector<at::Tensor> t, std::vector<int
   auto qkv = proj(n1, fmt[0], t[2], t[3]).view({M, H + 2 * Hkv, D});
   auto q = rope(qkv.narrow(1, 0, H), cos, sin);       // (M, H, D)
   auto k = rope(qkv.narrow(1, H, Hkv), cos, sin);     // (M, Hkv, D)
-  {  // store this step's K / V in their cache slots
+  {  // store this step's K / V in their cache slots (bf16: rounded to nearest even)
     const float* kp = k.data_ptr<float>(); const float* qkvp = qkv.data_ptr<float>();
-    float* kcp = kc.data_ptr<float>(); float* vcp = vc.data_ptr<float>();
     const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+    const bool bf = kc.scalar_type() == at::kBFloat16;
     for (int64_t m = 0; m < M; ++m) {
       TORCH_CHECK(sm[m] >= 0 && sm[m] < S, "decode_layer: slot out of range");
       for (int64_t g = 0; g < Hkv; ++g) {
-        std::memcpy(kcp + (g * S + sm[m]) * D, kp + (m * Hkv + g) * D, D * sizeof(float));
-        std::memcpy(vcp + (g * S + sm[m]) * D, qkvp + (m * (H + 2 * Hkv) + H + Hkv + g) * D, D * sizeof(float));
+        const float* ks = kp + (m * Hkv + g) * D; const float* vs = qkvp + (m * (H + 2 * Hkv) + H + Hkv + g) * D;
+        const int64_t at_ = (g * S + sm[m]) * D;
+        if (bf) {
+          at::BFloat16* kd = kc.data_ptr<at::BFloat16>() + at_; at::BFloat16* vd = vc.data_ptr<at::BFloat16>() + at_;
+          for (int64_t i = 0; i < D; ++i) { kd[i] = at::BFloat16(ks[i]); vd[i] = at::BFloat16(vs[i]); }
+        } else {
+          std::memcpy(kc.data_ptr<float>() + at_, ks, D * sizeof(float));
+          std::memcpy(vc.data_ptr<float>() + at_, vs, D * sizeof(float));
+        }
       }
     }
   }
@@ -994,7 +1048,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v26", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v28", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)

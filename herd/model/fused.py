@@ -146,7 +146,7 @@ class FusedBlock(nn.Module):
         if self._layer is not None and cache is not None and x.shape[0] == 1 and x.shape[1] <= DENSE_ROWS:
             decode_args = getattr(cache, "decode_args", None)
             args = decode_args(self._layer_id) if decode_args is not None else None
-            if args is not None and use_kernels(x) and args[0].dtype is torch.float32:
+            if args is not None and use_kernels(x) and args[0].dtype in (torch.float32, torch.bfloat16):
                 plan = self._decode_plan()
                 if plan is not None:
                     out = self._layer(x[0].contiguous(), plan[0], plan[1], self._eps, self._heads, self._kv_heads,

@@ -10,6 +10,7 @@ from herd.engine.async_engine import AsyncLLMEngine
 from herd.engine.engine import LLMEngine
 from herd.engine.generate import generate
 from herd.engine.request import SamplingParams
+from herd.errors import HerdError
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 SYSTEM = "You are a careful assistant who answers briefly and precisely. Always think about units. " * 3
@@ -76,6 +77,26 @@ def test_batched_greedy_equals_each_prompt_alone(model_tok, reference, config):
     if config.num_blocks == 24:
         assert sum(r.num_preemptions for r in engine.scheduler.requests.values()) == 0  # all finished
         assert engine.scheduler.num_preemptions_total > 0
+
+
+def test_bf16_kv_cache_holds_twice_the_tokens_and_stays_batch_invariant(reference):
+    # the fused model: decode runs herd's one-call block and paged kernel on the bf16 cache
+    model, tok = hub.load("smollm2-135m-instruct", device="cpu", quantize="none")
+    budget = 64 << 20
+    fp32 = LLMEngine(model, tok, EngineConfig(kv_cache_memory=budget))
+    bf16 = LLMEngine(model, tok, EngineConfig(kv_cache_memory=budget, kv_cache_dtype="bfloat16"))
+    assert bf16.runner.cache.k[0].dtype == torch.bfloat16
+    assert bf16.kv.num_blocks >= 2 * fp32.kv.num_blocks - 1
+    prompts = [tok.encode(p) for p in PROMPTS]
+    batched = run_all(bf16, prompts, GREEDY)
+    for p, g in zip(prompts, batched):
+        alone = run_all(LLMEngine(model, tok, EngineConfig(num_blocks=64, kv_cache_dtype="bfloat16")), [p], GREEDY)[0]
+        assert_same_or_near_tie(model, p, g, alone)
+    # rounding K / V to bf16 moves the logits a little: greedy text stays the same for most
+    # prompts (15 of 16 over 20 tokens when measured)
+    assert sum(g == reference[p] for p, g in zip(PROMPTS, batched)) >= 13
+    with pytest.raises(HerdError, match="kv_cache_dtype"):
+        EngineConfig(kv_cache_dtype="int8")
 
 
 def test_prefix_cache_hits_do_not_change_output(model_tok):

@@ -98,14 +98,14 @@ def test_fusion_falls_back_to_pytorch_under_autograd():
     assert fused.layers[0].attention_norm.weight.grad is not None
 
 
-@pytest.mark.parametrize("mode", ["none", "int4"])
-def test_one_call_block_is_bit_identical_to_the_per_op_path(mode):
+@pytest.mark.parametrize(("mode", "kv"), [("none", "auto"), ("int4", "auto"), ("none", "bfloat16")])
+def test_one_call_block_is_bit_identical_to_the_per_op_path(mode, kv):
     model, tok = hub.load("smollm2-135m-instruct", device="cpu", quantize=mode)
     prompts = [tok.encode(p) for p in ("Water boils at", "The quick brown fox jumps over", "def f(x):")]
     params = SamplingParams(temperature=0, max_tokens=12, logprobs=2, ignore_eos=True)
 
     def run():
-        engine = LLMEngine(model, tok, EngineConfig(num_blocks=64))
+        engine = LLMEngine(model, tok, EngineConfig(num_blocks=64, kv_cache_dtype=kv))
         ids = [engine.add_request(None, p, params) for p in prompts]
         done = {}
         while engine.has_unfinished_requests():

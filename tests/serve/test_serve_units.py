@@ -38,7 +38,7 @@ server:
   access_log: ${env.LOG:=false}
 models:
   - smollm2-135m-instruct
-  - {id: big, model: ./Llama-3.1-8B-Instruct, dtype: bfloat16, quantize: int8, engine: {max_num_seqs: "8", kv_cache_memory: 1000000}}
+  - {id: big, model: ./Llama-3.1-8B-Instruct, dtype: bfloat16, quantize: int8, engine: {max_num_seqs: "8", kv_cache_memory: 1000000, kv_cache_dtype: bfloat16}}
   - {id: all-MiniLM-L6-v2, type: embedding}
 shields: [{shield_id: code-scanner, type: code-shield}]
 """)
@@ -47,7 +47,7 @@ shields: [{shield_id: code-scanner, type: code-shield}]
     assert [m.id for m in c.models] == ["smollm2-135m-instruct", "big", "all-MiniLM-L6-v2"]
     big = c.models[1]
     assert big.ref == "./Llama-3.1-8B-Instruct" and big.engine.max_num_seqs == 8 and big.dtype == "bfloat16"
-    assert big.quantize == "int8"
+    assert big.quantize == "int8" and big.engine.kv_cache_dtype == "bfloat16"
     assert c.models[2].type == "embedding" and c.shields[0]["type"] == "code-shield"
     assert load_config(cfg, {"KEY": "k1", "OTHER": "x", "PORT": "1"}).server.api_keys == ("k1", "second")
 
@@ -60,6 +60,7 @@ shields: [{shield_id: code-scanner, type: code-shield}]
     ({"server": {"port": "eighty"}}, ["server.port", "integer"]),
     ({"models": [{"id": "a"}, {"id": "a"}]}, ["'a'", "twice"]),
     ({"models": [{"id": "a", "engine": {"block_size": 3}}]}, ["block_size", "power of two"]),
+    ({"models": [{"id": "a", "engine": {"kv_cache_dtype": "fp8"}}]}, ["kv_cache_dtype", "bfloat16"]),
     ([1, 2], ["mapping"]),
 ])
 def test_config_errors_name_the_path(data, words):
