@@ -7,7 +7,7 @@ average (measured 0.1 vs a standard deviation of ~4), so the tests allow 5% on a
 require the greedy continuation to agree on most tokens, not all: near-ties may flip. Kernel
 and PyTorch paths compute the same products in another order: 1e-4 relative.
 """
-import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,7 +162,8 @@ def test_kernel_path_equals_dequantized_matmul(kind, vnni, rows, shape):
 
 
 def test_vnni_path_is_taken_where_the_cpu_has_it():
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    info = Path("/proc/cpuinfo")
+    flags = info.read_text() if info.exists() else ""
     has = " avx512_vnni " in flags and " avx512vl " in flags
     assert cpu_kernels.int8_activations() == (has and cpu_kernels.available())
 
