@@ -108,6 +108,13 @@ class PagedKVCache:
             return None
         return self.k[layer], self.v[layer], self.slot_mapping, self.dec_slots, self.dec_lens
 
+    def decode_stack_args(self) -> tuple | None:
+        """decode_args for all layers at once: (K caches, V caches, slot mapping, slot lists,
+        lengths), or None."""
+        if self.prefills or self._paged is None:
+            return None
+        return self.k, self.v, self.slot_mapping, self.dec_slots, self.dec_lens
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
         kc, vc = self.k[layer], self.v[layer]

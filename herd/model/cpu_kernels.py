@@ -1007,6 +1007,20 @@ at::Tensor decode_layer(at::Tensor x, std::vector<at::Tensor> t, std::vector<int
   return h.add_(f);
 }
 
+// every block of the model in one call: t holds the 10 tensors of each layer in turn, fmt its 4
+// formats, kc / vc its cache tensors (the per-block Python call costs ~15 us x layers a step)
+at::Tensor decode_layers(at::Tensor x, std::vector<at::Tensor> t, std::vector<int64_t> fmt, double eps, int64_t H, int64_t Hkv,
+                         at::Tensor cos, at::Tensor sin, std::vector<at::Tensor> kc, std::vector<at::Tensor> vc,
+                         at::Tensor slot_mapping, at::Tensor slots, at::Tensor lens) {
+  const size_t L = kc.size();
+  TORCH_CHECK(vc.size() == L && t.size() == 10 * L && fmt.size() == 4 * L, "decode_layers: 10 tensors, 4 formats and a K / V cache per layer");
+  for (size_t l = 0; l < L; ++l)
+    x = decode_layer(x, std::vector<at::Tensor>(t.begin() + 10 * l, t.begin() + 10 * (l + 1)),
+                     std::vector<int64_t>(fmt.begin() + 4 * l, fmt.begin() + 4 * (l + 1)), eps, H, Hkv, cos, sin,
+                     kc[l], vc[l], slot_mapping, slots, lens);
+  return x;
+}
+
 TORCH_LIBRARY(herd_woq, m) {
   m.def("int8_mm(Tensor x, Tensor w, Tensor d) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor w, Tensor dm) -> Tensor");
@@ -1048,8 +1062,8 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v28", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
-                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "int8_activations"], verbose=False)
+        mod = load_inline(name="herd_cpu_kernels_v29", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+                          extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "decode_layers", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
         return False
@@ -1076,7 +1090,7 @@ def _load() -> bool:
 
     _fns.update({name: getattr(mod, name) for name in (
         "int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer",
-        "int8_activations")})
+        "decode_layers", "int8_activations")})
     return True
 
 

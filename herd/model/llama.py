@@ -181,6 +181,8 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
+    decode_stack = None  # a callable (h, cos, sin, cache) -> h or None (then: block by block)
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -227,6 +229,10 @@ class Transformer(nn.Module):
         """The last block's output (B, T, dim) before the final norm."""
         cos, sin = rope_cos_sin(self.rope_freqs(tokens.device), positions)  # (T, hd/2)
         h = self.tok_embeddings(tokens)
+        if self.decode_stack is not None:  # set by herd.model.fused: all blocks in one kernel call
+            out = self.decode_stack(h, cos, sin, cache)
+            if out is not None:
+                return out
         for layer in self.layers:
             h = layer(h, cos, sin, start_pos, cache)
         return h

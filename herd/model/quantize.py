@@ -246,6 +246,9 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
         return Int8Linear.from_linear(linear)
 
     _swap(model, make)
+    stack = getattr(model, "decode_stack", None)
+    if stack is not None:  # a fused model's one-call decode reads the projections it had
+        stack.reset()
     return model
 
 

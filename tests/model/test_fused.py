@@ -99,7 +99,7 @@ def test_fusion_falls_back_to_pytorch_under_autograd():
 
 
 @pytest.mark.parametrize(("mode", "kv"), [("none", "auto"), ("int4", "auto"), ("none", "bfloat16")])
-def test_one_call_block_is_bit_identical_to_the_per_op_path(mode, kv):
+def test_one_call_stack_and_block_are_bit_identical_to_the_per_op_path(mode, kv):
     model, tok = hub.load("smollm2-135m-instruct", device="cpu", quantize=mode)
     prompts = [tok.encode(p) for p in ("Water boils at", "The quick brown fox jumps over", "def f(x):")]
     params = SamplingParams(temperature=0, max_tokens=12, logprobs=2, ignore_eos=True)
@@ -114,11 +114,18 @@ def test_one_call_block_is_bit_identical_to_the_per_op_path(mode, kv):
                     done[out.request_id] = out.outputs[0]
         return [(done[i].token_ids, done[i].logprobs) for i in ids]
 
+    stacks = []
+    stack = model.decode_stack
+    model.decode_stack = lambda *a: stacks.append(1) or stack(*a)
+    whole_model = run()
+    assert len(stacks) >= 10 and stack._flat  # decode steps ran every block in one call
+    model.decode_stack = None
     calls = []
     kernel = model.layers[0]._layer
     model.layers[0]._layer = lambda *a: calls.append(1) or kernel(*a)
     with_kernel = run()
-    assert len(calls) >= 10  # the decode steps took the one-call path
+    assert len(calls) >= 10  # the decode steps took the one-call block
+    assert with_kernel == whole_model
     for block in model.layers:
         block._layer = None
     assert run() == with_kernel
