@@ -28,9 +28,13 @@ from herd.model import cpu_kernels
 
 Mode = Literal["none", "bf16", "int8", "int4"]
 MODES: tuple[str, ...] = ("none", "bf16", "int8", "int4")
-# above this many activation rows (prefill, big batches) a layer dequantizes its weights and
-# uses the dense GEMM, which wins there (measured crossover ~48-64 rows for SmolLM2's layers)
+# above this many activation rows (prefill, big batches) an fp32 / bf16 layer uses the library
+# GEMM, which wins there (measured on SmolLM2's layers: herd's kernel is faster up to ~48 rows)
 DENSE_ROWS = 48
+# the same for int8 / int4 layers with the VNNI kernels, whose alternative is dequantizing the
+# whole matrix for the GEMM: the kernel wins up to ~128 rows for int8 and ~300 for int4
+# (SmolLM2's layers); without VNNI (fp32 activations, weights widened) DENSE_ROWS
+PACKED_ROWS = 128
 
 
 def _kernel(layer: nn.Module, x: torch.Tensor):
@@ -38,7 +42,7 @@ def _kernel(layer: nn.Module, x: torch.Tensor):
     autograd (the kernels have no backward; the engine runs under inference_mode)."""
     if layer.kernel is None or torch.is_grad_enabled() or not x.is_cpu:
         return None
-    return layer.kernel if x.numel() <= DENSE_ROWS * layer.in_features else None
+    return layer.kernel if x.numel() <= layer.max_rows * layer.in_features else None
 
 
 def _kernels_for(weight: torch.Tensor) -> bool:
@@ -66,6 +70,7 @@ class DenseLinear(nn.Module):
         self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
         ok = weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous() and _kernels_for(weight)
         self.kernel = cpu_kernels.kernel("dense_mm") if ok else None
+        self.max_rows = DENSE_ROWS
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> DenseLinear:
@@ -87,6 +92,14 @@ class _PackedLinear(nn.Module):
     CPU, else the dense GEMM on the dequantized weights."""
 
     FORMAT: int  # as cpu_kernels.decode_layer numbers them: 1 int8, 2 int4
+
+    @property
+    def max_rows(self) -> int:  # a property: cpu_kernels.int8_activations() can switch per process
+        return PACKED_ROWS if self.kernels and self.vnni() and cpu_kernels.int8_activations() else DENSE_ROWS
+
+    def vnni(self) -> bool:
+        """Whether this layer's kernel has a VNNI path (int8: groups of 32)."""
+        return True
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -136,6 +149,9 @@ class Int8Linear(_PackedLinear):
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight, self.scales
+
+    def vnni(self) -> bool:
+        return self.group_size == 32
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

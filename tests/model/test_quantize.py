@@ -21,6 +21,7 @@ from herd.errors import HerdError
 from herd.model import cpu_kernels
 from herd.model.quantize import (
     DENSE_ROWS,
+    PACKED_ROWS,
     DenseLinear,
     Int4Linear,
     Int8Linear,
@@ -125,7 +126,7 @@ def fixed_point_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", [(40, 96), (43, 576)], ids=["K96", "K576"])
-@pytest.mark.parametrize("rows", [1, 3, 16, 64])
+@pytest.mark.parametrize("rows", [1, 3, 16, 64, 96])
 @pytest.mark.parametrize(("kind", "vnni"), [
     ("int8", True), ("int8", False), ("int4", True), ("int4", False), ("dense", True), ("dense_bf16", True),
 ], ids=["int8-vnni", "int8-fp32act", "int4-vnni", "int4-fp32act", "dense", "dense_bf16"])
@@ -145,12 +146,13 @@ def test_kernel_path_equals_dequantized_matmul(kind, vnni, rows, shape):
     x = torch.randn(2, rows, k)
     try:
         on = cpu_kernels.int8_activations(vnni)
+        limit = layer.max_rows  # rows up to which the layer takes its kernel
         with torch.no_grad():
             got = layer(x.to(lin.weight.dtype)).float()
     finally:
         cpu_kernels.int8_activations(True)
     xs = x.to(lin.weight.dtype).float()
-    if kind in ("int8", "int4") and on and rows * 2 <= DENSE_ROWS:
+    if kind in ("int8", "int4") and on and rows * 2 <= limit:
         if kind == "int8":
             want = fixed_point_activations(xs) @ weight.t()
         else:
@@ -167,6 +169,12 @@ def test_vnni_path_is_taken_where_the_cpu_has_it():
     flags = info.read_text() if info.exists() else ""
     has = " avx512_vnni " in flags and " avx512vl " in flags
     assert cpu_kernels.int8_activations() == (has and cpu_kernels.available())
+    # with VNNI, int8 (groups of 32) and int4 layers keep their kernel up to PACKED_ROWS rows
+    lin = nn.Linear(64, 8, bias=False)
+    packed = PACKED_ROWS if cpu_kernels.int8_activations() else DENSE_ROWS
+    assert Int8Linear.from_linear(lin).max_rows == Int4Linear.from_linear(lin).max_rows == packed
+    assert Int8Linear.from_linear(nn.Linear(48, 8, bias=False)).max_rows == DENSE_ROWS  # one group of 48
+    assert DenseLinear.from_linear(lin).max_rows == DENSE_ROWS
 
 
 def test_odd_shapes_fall_back_and_agree():
