@@ -44,6 +44,13 @@ _SOURCE = r"""
 // templates: GCC does not carry their target attribute into a lambda, so a macro picks)
 #define TILES(LEFT, CALL) switch (std::min<int64_t>(4, LEFT)) { \
     case 4: CALL(4); break; case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); }
+// the loop every AVX-512 kernel shares: weight rows n0..n1 four at a time, activation rows in
+// tiles of 1-4 (TILE(B) runs one, reading m and n), then REST for the last rows (reading n)
+#define TILED_ROWS(TILE, REST) do { \
+    int64_t n = n0; \
+    for (; n + 4 <= n1; n += 4) \
+      for (int64_t m = 0; m < M; m += 4) { TILES(M - m, TILE) } \
+    REST; } while (0)
 
 // software prefetch of the weights PFD rows ahead (four-row tiles: the same columns four
 // tiles on), into L2: rows here are short (0.3-6 KiB), so a distance along the row runs into
@@ -108,15 +115,9 @@ static inline void i8_tile(const float* x, int64_t K, int64_t gs, const int8_t* 
 __attribute__((target("avx512f,avx512bw,fma,f16c")))
 static void i8_rows_avx512(const float* x, int64_t M, int64_t K, int64_t gs, const int8_t* w, const uint16_t* d,
                            float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-      const float* xm = x + m * K; float* ym = y + m * N;
-#define T(B) i8_tile<B>(xm, K, gs, w, d, ym, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  i8_rows_ref(x, M, K, gs, w, d, y, N, n, n1);
+#define ONE(B) i8_tile<B>(x + m * K, K, gs, w, d, y + m * N, N, n)
+  TILED_ROWS(ONE, i8_rows_ref(x, M, K, gs, w, d, y, N, n, n1));
+#undef ONE
 }
 
 // ---- fp32 / bf16 weights: y[m, n] = sum_k x[m, k] * w[n, k] ---------------------------------
@@ -170,15 +171,9 @@ static inline void f_tile(const float* x, int64_t K, const T* w, float* y, int64
 template <typename T>
 __attribute__((target("avx512f,avx512bw,fma")))
 static void f_rows_avx512(const float* x, int64_t M, int64_t K, const T* w, float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-      const float* xm = x + m * K; float* ym = y + m * N;
-#define T(B) f_tile<B, T>(xm, K, w, ym, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  f_rows_ref<T>(x, M, K, w, y, N, n, n1);
+#define ONE(B) f_tile<B, T>(x + m * K, K, w, y + m * N, N, n)
+  TILED_ROWS(ONE, f_rows_ref<T>(x, M, K, w, y, N, n, n1));
+#undef ONE
 }
 
 // ---- int4 (Q4_1 layout): y[m, n] = sum_g d[n,g] * dot(x_g, q_g) + m[n,g] * sum(x_g) ------
@@ -228,15 +223,9 @@ static inline void i4_tile(const float* x, int64_t K, const uint8_t* w, const ui
 __attribute__((target("avx512f,avx512bw,fma,f16c")))
 static void i4_rows_avx512(const float* x, const float* xs, int64_t M, int64_t K, const uint8_t* w,
                            const uint16_t* dm, float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-      const float* xm = x + m * K; float* ym = y + m * N;
-#define T(B) i4_tile<B>(xm, K, w, dm, ym, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  i4_rows_ref(x, xs, M, K, w, dm, y, N, n, n1);
+#define ONE(B) i4_tile<B>(x + m * K, K, w, dm, y + m * N, N, n)
+  TILED_ROWS(ONE, i4_rows_ref(x, xs, M, K, w, dm, y, N, n, n1));
+#undef ONE
 }
 
 static bool has_avx512() {
@@ -449,26 +438,16 @@ static void i4v_rows_ref(const QAct& a, int64_t M, int64_t K, const uint8_t* w, 
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
 static void i8v_rows_avx512(const QAct& a, int64_t M, int64_t K, const int8_t* w, const uint16_t* d, float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-#define T(B) i8v_tile<B>(a, m, K, w, d, y, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  i8v_rows_ref(a, M, K, w, d, y, N, n, n1);
+#define ONE(B) i8v_tile<B>(a, m, K, w, d, y, N, n)
+  TILED_ROWS(ONE, i8v_rows_ref(a, M, K, w, d, y, N, n, n1));
+#undef ONE
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
 static void i4v_rows_avx512(const QAct& a, int64_t M, int64_t K, const uint8_t* w, const uint16_t* dm, float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-#define T(B) i4v_tile<B>(a, m, K, w, dm, y, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  i4v_rows_ref(a, M, K, w, dm, y, N, n, n1);
+#define ONE(B) i4v_tile<B>(a, m, K, w, dm, y, N, n)
+  TILED_ROWS(ONE, i4v_rows_ref(a, M, K, w, dm, y, N, n, n1));
+#undef ONE
 }
 
 bool int8_activations(int64_t mode) {  // mode 0 / 1 turns the VNNI path off / on; < 0 asks
@@ -574,15 +553,9 @@ static void bf_rows_ref(const uint16_t* x, int64_t M, int64_t K, const uint16_t*
 
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 static void bf_rows_avx512(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; m += 4) {
-      const uint16_t* xm = x + m * K; float* ym = y + m * N;
-#define T(B) bf_tile<B>(xm, K, w, ym, N, n)
-      TILES(M - m, T)
-#undef T
-    }
-  bf_rows_ref(x, M, K, w, y, N, n, n1);
+#define ONE(B) bf_tile<B>(x + m * K, K, w, y + m * N, N, n)
+  TILED_ROWS(ONE, bf_rows_ref(x, M, K, w, y, N, n, n1));
+#undef ONE
 }
 
 static bool has_avx512bf16() {
@@ -1091,7 +1064,7 @@ def _load() -> bool:
         # link resolves to the libgomp that torch ships (torch/lib), so one thread pool
         # also bound as plain Python functions: a pybind call costs less than torch.ops dispatch,
         # which counts when a decode step makes ~200 of them
-        mod = load_inline(name="herd_cpu_kernels_v30", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
+        mod = load_inline(name="herd_cpu_kernels_v32", cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp"],
                           extra_ldflags=["-fopenmp"], functions=["int8_mm", "int4_mm", "dense_mm", "rms_norm", "rope", "silu_mul", "paged_decode", "decode_layer", "decode_layers", "int8_activations"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: the layers fall back to PyTorch ops
         log.warning("herd: weight-only CPU kernels unavailable (%s); using slower PyTorch ops", e)
