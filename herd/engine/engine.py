@@ -22,7 +22,7 @@ from herd.engine.request import (
     RequestStatus,
     SamplingParams,
 )
-from herd.engine.runner import ModelRunner, PagedKVCache, kv_dtype
+from herd.engine.runner import ModelRunner, PagedKVCache
 from herd.engine.sampling import SamplingBatch, sample_batch
 from herd.engine.scheduler import Scheduler
 from herd.errors import HerdError
@@ -74,16 +74,18 @@ class LLMEngine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: EngineConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or EngineConfig()
-        self.device = model.tok_embeddings.weight.device
+        w = model.tok_embeddings.weight
+        self.device = w.device
         self.max_model_len = min(config.max_model_len or model.args.max_seq_len, model.args.max_seq_len)
+        # K/V storage: "auto" is the model's dtype
+        self.kv_dtype = w.dtype if config.kv_cache_dtype == "auto" else DTYPES[config.kv_cache_dtype]
         num_blocks = config.num_blocks or self._blocks_for_memory()
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv, config.max_num_batched_tokens, config.max_num_seqs,
             config.long_prefill_token_threshold, tokenizer.stop_ids, self.max_model_len,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size, config.compile_decode,
-                                  kv_dtype(config.kv_cache_dtype, model))
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.compile_decode, self.kv_dtype)
         self.seqs: dict[str, _Seq] = {}
         self.groups: dict[str, _Group] = {}
         self._grammars = None
@@ -92,7 +94,7 @@ class LLMEngine:
 
     def _blocks_for_memory(self) -> int:
         c = self.config
-        per_block = PagedKVCache.bytes_per_block(self.model, c.block_size, kv_dtype(c.kv_cache_dtype, self.model))
+        per_block = PagedKVCache.bytes_per_block(self.model, c.block_size, self.kv_dtype)
         budget = c.kv_cache_memory or int(available_memory(self.device) * c.kv_cache_fraction)
         # never more than every sequence at full length needs
         most = c.max_num_seqs * cdiv(self.max_model_len, c.block_size) + 1

@@ -21,13 +21,6 @@ class _Prefill:
     slots: torch.Tensor  # (S,) cache slots of positions 0..S-1 (S = start + q_len)
 
 
-def kv_dtype(name: str, model: Transformer) -> torch.dtype:
-    """The K/V storage dtype an EngineConfig.kv_cache_dtype names ("auto": the model's)."""
-    if name == "auto":
-        return model.tok_embeddings.weight.dtype
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 class PagedKVCache:
     """Paged K/V tensors plus the per-step view (which tokens go where, who attends to what)."""
 
