@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 
 from herd.engine.engine import LLMEngine
 from herd.engine.request import RequestOutput, SamplingParams
-from herd.errors import HerdError
+from herd.errors import EngineError, HerdError
+
+log = logging.getLogger("herd.engine")
 
 
 @dataclass
@@ -124,12 +127,18 @@ class AsyncLLMEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception as e:  # a bug must not hang every consumer: fail them all
+            except Exception as e:  # noqa: BLE001
+                # step() fails a request alone when its forward or sampling fails; an error here is
+                # in the engine's own bookkeeping, so no request can be trusted to go on: fail them all
+                log.exception("engine step failed; failing its %d requests", len(self.engine.groups))
                 for rid in list(self.engine.groups):
                     self.engine.abort(rid)
-                    self._deliver(rid, RuntimeError(f"engine step failed: {e}"))
+                    self._deliver(rid, EngineError(f"engine step failed: {type(e).__name__}: {e}"))
                 continue
             for out in outputs:
+                if out.error is not None:
+                    self._deliver(out.request_id, EngineError(out.error))
+                    continue
                 # a snapshot: the engine updates its outputs in place at the next step, which may
                 # run before this consumer reads the item (deltas would be lost or repeated)
                 self._deliver(out.request_id, out.snapshot())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,16 @@ from herd.engine.request import (
 )
 from herd.engine.runner import ModelRunner, PagedKVCache
 from herd.engine.sampling import SamplingBatch, sample_batch
-from herd.engine.scheduler import Scheduler
-from herd.errors import HerdError
+from herd.engine.scheduler import Scheduler, SchedulerOutput
+from herd.errors import EngineError, HerdError
 from herd.model.llama import Transformer
 from herd.tokenizer.prompter import Prompter
 from herd.tokenizer.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger("herd.engine")
+# one sampled row: (token, its logprob or None, the top (ids, logprobs) or None)
+Row = tuple[int, float | None, tuple[list[int], list[float]] | None]
 
 
 @dataclass
@@ -120,9 +124,10 @@ class LLMEngine:
             raise HerdError(f"request id {request_id!r} is already in use")
         prompt = list(prompt_ids)
         if not prompt:
-            raise HerdError("the prompt is empty")
+            raise HerdError("the prompt is empty", "prompt")
         if len(prompt) >= self.max_model_len:
-            raise HerdError(f"the prompt has {len(prompt)} tokens; the model's context is {self.max_model_len}")
+            raise HerdError(f"the prompt has {len(prompt)} tokens; the model's context is {self.max_model_len}",
+                            "prompt")
         grammar = self._compile(params.response_format)
         group = _Group(request_id, prompt)
         added: list[str] = []
@@ -145,7 +150,7 @@ class LLMEngine:
                     added.append(seq_id)
                 out = CompletionOutput(prompt, index=i, logprobs=[] if p.logprobs is not None else None)
                 matcher = grammar.matcher() if grammar is not None else None
-                self.seqs[seq_id] = _Seq(request_id, req, out, Detokenizer(self.tokenizer, p.stop), gen, matcher)
+                self.seqs[seq_id] = _Seq(request_id, req, out, Detokenizer(self.tokenizer, p.stop, p.skip_special_tokens), gen, matcher)
                 group.seq_ids.append(seq_id)
         except HerdError:
             self.scheduler.abort(added)
@@ -188,25 +193,80 @@ class LLMEngine:
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
-        """Schedule, run one forward pass, sample, update; outputs of the requests that advanced."""
+        """Schedule, run one forward pass, sample, update; outputs of the requests that advanced.
+
+        A request whose computation fails (a bug or a broken kernel, not bad input) ends alone: its
+        output carries `error`, its blocks are freed, and the requests batched with it go on."""
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             return []
-        logits, ids = self.runner.execute(sched)
+        failed: list[RequestOutput] = []
+        logits, ids = self._execute(sched, failed)
         seqs = [self.seqs[i] for i in ids]
-        tokens, chosen, top = self._sample(logits, seqs)
-        token_list = tokens.tolist()
-        sampled = {i: [t] for i, t in zip(ids, token_list)}
-        for s, t in zip(seqs, token_list):
+        rows = self._sample(logits, seqs, failed)
+        live = [(s, r) for s, r in zip(seqs, rows) if s.group in self.groups]
+        for s, _ in live:
             s.out.delta_text, s.out.delta_token_ids = "", []
-        finished = {r.request_id for r in self.scheduler.update_from_output(sched, sampled)}
+        self.scheduler.update_from_output(sched, {s.request.request_id: [r[0]] for s, r in live})
         touched: dict[str, None] = {}
-        for row, (s, t) in enumerate(zip(seqs, token_list)):
-            self._advance(s, t, row, chosen, top, finished)
+        for s, r in live:
+            if s.group not in self.groups:  # a sibling failed in _advance
+                continue
+            try:
+                self._advance(s, r)
+            except Exception as e:  # noqa: BLE001 - this request ends; the step goes on
+                self._fail(s.group, e, failed)
+                continue
             touched[s.group] = None
-        outputs = [self._group_output(g) for g in touched]
+        outputs = [self._group_output(g) for g in touched if g in self.groups]
         self._release_siblings()
-        return outputs
+        return outputs + failed
+
+    def _execute(self, sched: SchedulerOutput, failed: list[RequestOutput]) -> tuple[torch.Tensor, list[str]]:
+        """The step's forward pass. If it fails, each request is run alone, so that only those that
+        fail alone are failed (their KV writes are their own slots; a rerun writes the same values)."""
+        try:
+            return self.runner.execute(sched)
+        except Exception as e:  # noqa: BLE001
+            if len(sched.scheduled) == 1:
+                self._fail(self.seqs[sched.scheduled[0].request.request_id].group, e, failed)
+                return self._no_logits(), []
+            log.warning("engine step of %d requests failed (%s: %s); running them one by one",
+                        len(sched.scheduled), type(e).__name__, e)
+        parts, ids = [], []
+        for sr in sched.scheduled:
+            seq = self.seqs.get(sr.request.request_id)
+            if seq is None or seq.group not in self.groups:  # a sibling failed already
+                continue
+            try:
+                logits, got = self.runner.execute(SchedulerOutput([sr], sr.num_new_tokens))
+            except Exception as e:  # noqa: BLE001
+                self._fail(seq.group, e, failed)
+                continue
+            parts.append(logits)
+            ids += got
+        keep = [i for i, sid in enumerate(ids) if sid in self.seqs]  # drop siblings of failed ones
+        logits = torch.cat(parts) if parts else self._no_logits()
+        return logits[keep], [ids[i] for i in keep]
+
+    def _no_logits(self) -> torch.Tensor:
+        return torch.empty(0, self.model.args.vocab_size, device=self.device)
+
+    def _fail(self, gid: str, error: BaseException, failed: list[RequestOutput]) -> None:
+        """End request `gid` with an error output (logged with its id); frees its blocks."""
+        group = self.groups.get(gid)
+        if group is None:
+            return
+        log.error("request %s failed: %s: %s", gid, type(error).__name__, error, exc_info=error)
+        outs = [self.seqs[s].out for s in group.seq_ids]
+        for o in outs:
+            o.finish_reason = o.finish_reason or "error"
+            o.delta_text, o.delta_token_ids = "", []
+        first = self.seqs[group.seq_ids[0]].request
+        failed.append(RequestOutput(gid, group.prompt_ids, outs, True, first.num_cached_tokens,
+                                    error=f"{type(error).__name__}: {error}"))
+        self.abort(gid)
+        self._holding.pop(gid, None)
 
     def _release_siblings(self) -> None:
         """Schedule the held siblings of groups whose first sequence has produced a token (its
@@ -222,7 +282,27 @@ class LLMEngine:
                 group.held.clear()
                 del self._holding[gid]
 
-    def _sample(self, logits: torch.Tensor, seqs: list[_Seq]):
+    def _sample(self, logits: torch.Tensor, seqs: list[_Seq], failed: list[RequestOutput]) -> list[Row | None]:
+        """One sampled row per sequence; if sampling the batch fails, each row is sampled alone and
+        the requests whose row fails are failed (their row is None)."""
+        if not seqs:
+            return []
+        try:
+            return self._sample_rows(logits, seqs)
+        except Exception as e:  # noqa: BLE001
+            if len(seqs) > 1:
+                log.warning("sampling %d rows failed (%s: %s); sampling them one by one", len(seqs),
+                            type(e).__name__, e)
+        rows: list[Row | None] = []
+        for i, s in enumerate(seqs):
+            try:
+                rows.append(self._sample_rows(logits[i : i + 1], [s])[0])
+            except Exception as e:  # noqa: BLE001
+                self._fail(s.group, e, failed)
+                rows.append(None)
+        return rows
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[Row]:
         batch = SamplingBatch(
             [s.request.sampling_params for s in seqs],
             [s.generator for s in seqs],
@@ -236,19 +316,26 @@ class LLMEngine:
             masks = self._grammars.allocate_masks(len(constrained))
             fill_masks([seqs[i].matcher for i in constrained], masks)
             apply_masks(logits, masks, constrained)
-        return sample_batch(logits, batch)
+        tokens, chosen, top = sample_batch(logits, batch)
+        chosen_list = chosen.tolist() if chosen is not None else [None] * len(seqs)
+        rows: list[Row] = []
+        for i, (s, t, c) in enumerate(zip(seqs, tokens.tolist(), chosen_list)):
+            k = s.request.sampling_params.logprobs or 0
+            alts = (top[1][i, :k].tolist(), top[0][i, :k].tolist()) if k and top is not None else None
+            rows.append((t, c, alts))
+        return rows
 
-    def _advance(self, s: _Seq, token: int, row: int, chosen, top, finished: set[str]) -> None:
+    def _advance(self, s: _Seq, row: Row) -> None:
+        token, chosen, alts = row
         req, out = s.request, s.out
         out.token_ids.append(token)
         out.delta_token_ids.append(token)
         if s.matcher is not None:
             s.matcher.accept(token)
         if out.logprobs is not None:
-            k = req.sampling_params.logprobs or 0
-            entry = {token: float(chosen[row])}
-            if k and top is not None:
-                entry.update(zip(top[1][row, :k].tolist(), top[0][row, :k].tolist()))
+            entry = {token: float(chosen)} if chosen is not None else {}
+            if alts is not None:
+                entry.update(zip(*alts))
             out.logprobs.append(entry)
         stopped_by_token = req.status == RequestStatus.FINISHED_STOPPED and req.stop_reason == token
         if not stopped_by_token:
@@ -343,6 +430,8 @@ class LLM:
             results: dict[str, RequestOutput] = {}
             with tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm or len(ids) < 2) as bar:
                 for out in self.engine.run():
+                    if out.error is not None:
+                        raise EngineError(f"generation failed: {out.error}")
                     if out.finished:
                         results[out.request_id] = out
                         bar.update(1)
@@ -361,6 +450,8 @@ class LLM:
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     if out.request_id == rid:
+                        if out.error is not None:
+                            raise EngineError(f"generation failed: {out.error}")
                         yield out.outputs[0]
                         if out.finished:
                             return
@@ -379,7 +470,7 @@ class LLM:
         """One assistant turn for a conversation (OpenAI-style dicts or herd Messages), tools optional."""
         ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format,
                                    tool_choice=tool_choice)
-        out = self._run([ids], [(params or SamplingParams()).replace(n=1)], False)[0].outputs[0]
+        out = self._run([ids], [_chat_params(params, tools).replace(n=1)], False)[0].outputs[0]
         return ChatResponse(self.prompter.parse(out, tools_offered=bool(tools)), out)
 
     def stream_chat(
@@ -392,7 +483,14 @@ class LLM:
     ) -> Iterator[CompletionOutput]:
         """Stream one assistant turn (see delta_text of each yielded output)."""
         ids = self.prompter.encode(messages, tools=tools, tool_prompt_format=tool_prompt_format)
-        yield from self._stream(ids, params or SamplingParams())
+        yield from self._stream(ids, _chat_params(params, tools))
+
+
+def _chat_params(params: SamplingParams | None, tools: Sequence[Any] | None) -> SamplingParams:
+    """A chat turn's params: with tools the reply keeps its control tokens (<|python_tag|> starts a
+    Llama 3 tool call) for the parser."""
+    params = params or SamplingParams()
+    return params.replace(skip_special_tokens=False) if tools else params
 
 
 @dataclass

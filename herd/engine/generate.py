@@ -21,9 +21,11 @@ class Detokenizer:
     """Incremental ids → text that never splits a multi-byte UTF-8 character and holds back
     text that could still become a stop string."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = False):
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
+        # control tokens the model emits (e.g. "<|im_start|>") add no text, as vLLM's default does
+        self.skip: frozenset[int] = frozenset(tokenizer.special_tokens.values()) if skip_special_tokens else frozenset()
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""  # all text decoded so far (stop string cut off once found)
         self._emitted = 0
@@ -32,7 +34,7 @@ class Detokenizer:
 
     def add(self, token_id: int) -> str:
         """Feed one token; returns the text that is now safe to show (nothing once stopped)."""
-        if self.stopped:
+        if self.stopped or token_id in self.skip:
             return ""
         self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         if self.stop:
@@ -92,7 +94,7 @@ def stream_generate(
     budget = min(params.max_tokens, max_len - len(prompt_ids))
     stops = stop_ids_for(tokenizer, params)
     gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    detok = Detokenizer(tokenizer, params.stop)
+    detok = Detokenizer(tokenizer, params.stop, params.skip_special_tokens)
     device = model.tok_embeddings.weight.device
     cache = model.new_cache(1, len(prompt_ids) + budget)
     tokens = torch.tensor([list(prompt_ids)], device=device)

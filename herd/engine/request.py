@@ -11,9 +11,15 @@ from typing import Any
 from herd.errors import HerdError
 
 
+# temperatures below this sample greedily: logits / 1e-300 is inf and softmax of it NaN (vLLM's
+# _SAMPLING_EPS is the same value)
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 turn those off."""
+    """How to pick tokens. temperature 0 is greedy (so is anything below GREEDY_BELOW, where
+    dividing the logits by it would overflow); top_k 0, top_p 1 and min_p 0 turn those off."""
 
     max_tokens: int = 256
     temperature: float = 0.6
@@ -30,6 +36,9 @@ class SamplingParams:
     n: int = 1  # completions per prompt
     logprobs: int | None = None  # return the chosen token's logprob and this many alternatives
     response_format: Any = None  # herd.engine.structured.ResponseFormat: JSON schema, regex, choice
+    # control tokens the model emits add no text (token_ids keep them); tool-call parsers that read
+    # e.g. <|python_tag|> from the text turn this off
+    skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -57,7 +66,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def replace(self, **kw: Any) -> SamplingParams:
         return dataclasses.replace(self, **kw)
@@ -97,6 +106,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # set when the engine failed this request (a bug, not bad input): it ended with what it had, and
+    # the requests batched with it went on
+    error: str | None = None
 
     @property
     def text(self) -> str:

@@ -104,7 +104,7 @@ def sample_batch(
 def _filtered(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Temperature, top-k, top-p and min-p applied: (unnormalised probs, sort index or None)."""
     dev = logits.device
-    temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in batch.params], device=dev)
+    temp = torch.tensor([1.0 if p.greedy else p.temperature for p in batch.params], device=dev)
     x = logits / temp[:, None]
     if not (batch.any_top_k or batch.any_top_p or batch.any_min_p):
         return torch.softmax(x, dim=-1), None

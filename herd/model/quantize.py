@@ -49,12 +49,13 @@ def _kernels_for(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and cpu_kernels.available()
 
 
-def _run(kernel, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
+def _run(kernel, x: torch.Tensor, n: int, *weights: torch.Tensor) -> torch.Tensor:
+    """kernel(x, *weights) over the last dim of x, for any leading shape (also no rows at all:
+    a prefill chunk that samples nothing asks the head for zero rows)."""
+    x2 = x.reshape(-1, x.shape[-1])
     if x.dtype is not torch.float32:  # the kernels take fp32 activations
-        return kernel(x2.float().contiguous(), *weights).to(x.dtype).view(*x.shape[:-1], -1)
-    return kernel(x2.contiguous(), *weights).view(*x.shape[:-1], -1)
+        return kernel(x2.float().contiguous(), *weights).to(x.dtype).view(*x.shape[:-1], n)
+    return kernel(x2.contiguous(), *weights).view(*x.shape[:-1], n)
 
 
 class DenseLinear(nn.Module):
@@ -79,7 +80,7 @@ class DenseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = _kernel(self, x)
         if kernel is not None:
-            return _run(kernel, x, self.weight)
+            return _run(kernel, x, self.out_features, self.weight)
         # many rows: the library GEMM in the weights' dtype (bf16 weights: a bf16 GEMM)
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
 
@@ -110,7 +111,7 @@ class _PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = _kernel(self, x)
         if kernel is not None:
-            return _run(kernel, x, *self.packed())
+            return _run(kernel, x, self.out_features, *self.packed())
         return F.linear(x, self.dequantize(x.dtype))
 
 

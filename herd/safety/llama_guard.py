@@ -154,8 +154,6 @@ class LlamaGuardPrompter:
             raise HerdError("prompt_format 'template' needs a checkpoint whose chat template is a Llama Guard one")
         self.format = ("template" if is_guard_template else "recipe") if prompt_format == "auto" else prompt_format
         self.template = ChatTemplate.from_tokenizer(tokenizer) if self.format == "template" else None
-        names = sorted(tokenizer.special_tokens, key=len, reverse=True)
-        self._specials = re.compile("(" + "|".join(map(re.escape, names)) + ")")
 
     def listed(self) -> tuple[str, ...]:
         """Codes the prompt lists: the model's minus the excluded ones (all of them if all are excluded)."""
@@ -215,16 +213,9 @@ class LlamaGuardPrompter:
 
     def _encode(self, skeleton: str, texts: list[str]) -> tuple[str, list[int]]:
         """Special tokens of the skeleton become ids; everything else (message text too) plain text."""
-        text, ids = [], []
-        for i, piece in enumerate(self._specials.split(skeleton)):
-            if i % 2:
-                text.append(piece)
-                ids.append(self.tokenizer.special_tokens[piece])
-            elif piece:
-                plain = _SENTINEL_RE.sub(lambda m: texts[int(m.group(1))], piece)
-                text.append(plain)
-                ids += self.tokenizer.encode(plain)
-        return "".join(text), ids
+        tok = self.tokenizer
+        marked = _SENTINEL_RE.sub(lambda m: tok.mark_literal(texts[int(m.group(1))]), skeleton)
+        return tok.unmark(marked), tok.encode_marked(marked)
 
 
 def _drop_category_lines(text: str, excluded: Sequence[str]) -> str:

@@ -142,8 +142,9 @@ def plan_chat(
         msg = str(e)
         raise bad_request(msg, "messages" if "message" in msg else "tools" if "tool" in msg else None) from None
     max_tokens = check_budget(model, len(ids), max_tokens, max_tokens_param)
-    params = sampling_params(max_tokens=max_tokens, response_format=fmt, **sampling)
     parse = bool(tool_defs) and choice != "none" and (forced or fmt is None)
+    # a reply that may be a tool call keeps its control tokens (<|python_tag|>) for the parser
+    params = sampling_params(max_tokens=max_tokens, response_format=fmt, skip_special_tokens=not parse, **sampling)
     return ChatPlan(model, ids, params, tool_defs if choice != "none" else [], parse, request_id)
 
 

@@ -131,7 +131,8 @@ async def completions(req: p.CompletionRequest, registry: ModelRegistry, ctx: Ca
     prompts = prompts_of(req.prompt)
     ids_list, params = await asyncio.to_thread(_plan, model, prompts, req)  # tokenizing off the event loop
     usages = [ctx.track(model.id, Usage(len(ids))) for ids in ids_list]
-    streams = [generate(model, ids, sp, f"{ctx.request_id}-{i}", ctx.metrics, u)
+    streams = [generate(model, ids, sp, f"{ctx.request_id}-{i}", ctx.metrics, u,
+                        "prompt" if len(ids_list) == 1 else f"prompt[{i}]")
                for i, (ids, sp, u) in enumerate(zip(ids_list, params, usages))]
     echo = [(prompt if isinstance(prompt, str) else model.tokenizer.decode(prompt)) if req.echo else ""
             for prompt in prompts]
@@ -195,7 +196,7 @@ async def stack_completion(req: p.StackCompletionRequest, registry: ModelRegistr
         raise bad_request(str(e)) from None
     usage = ctx.track(model.id, Usage(len(ids)))
     choice = [_Choice(0)]
-    stream = generate(model, ids, params, ctx.request_id, ctx.metrics, usage)
+    stream = generate(model, ids, params, ctx.request_id, ctx.metrics, usage, "content")
     if not req.stream:
         async def run_all() -> None:
             async for out in stream:

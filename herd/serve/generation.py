@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from herd.engine.request import CompletionOutput, RequestOutput, SamplingParams
-from herd.errors import HerdError
+from herd.errors import EngineError, HerdError
 from herd.serve.errors import APIError, bad_request
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
@@ -102,11 +102,22 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+def engine_error(e: HerdError | EngineError, request_id: str, prompt_param: str) -> APIError:
+    """The HTTP error for an engine error: input errors are 400s naming the field (the engine's
+    "prompt" is this route's `prompt_param`); a request the engine failed is a 500 for it alone."""
+    if isinstance(e, EngineError):
+        return APIError(500, f"the engine failed this request ({e}); the server log has the details under "
+                             f"request id {request_id}", code="engine_error")
+    param = prompt_param if e.param == "prompt" else e.param
+    return bad_request(str(e), param)
+
+
 async def generate(
     model: LLMModel, prompt_ids: Sequence[int], params: SamplingParams, request_id: str, metrics: Metrics,
-    usage: Usage,
+    usage: Usage, prompt_param: str = "messages",
 ) -> AsyncIterator[RequestOutput]:
-    """Engine outputs step by step, with metrics; engine input errors become 400s; cancelling aborts."""
+    """Engine outputs step by step, with metrics; engine errors become HTTP errors (engine_error);
+    cancelling aborts."""
     start = last = time.monotonic()
     first = True
     finished = False
@@ -133,8 +144,8 @@ async def generate(
                     metrics.finished.inc(model=model.id, reason=o.finish_reason or "stop")
                 metrics.e2e.observe(t - start, model=model.id)
             yield out
-    except HerdError as e:
-        raise bad_request(str(e), "messages") from None
+    except (HerdError, EngineError) as e:
+        raise engine_error(e, request_id, prompt_param) from None
     finally:
         await stream.aclose()  # a consumer that stopped early aborts the request: its KV blocks are freed
         metrics.prompt_tokens.inc(len(prompt_ids), model=model.id)

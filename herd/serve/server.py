@@ -60,7 +60,7 @@ def _logging(level: str, access_log: bool) -> None:
     fmt = logging.Formatter("%(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
-    for name in ("herd.serve", "herd.serve.access"):
+    for name in ("herd.serve", "herd.serve.access", "herd.engine"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False

@@ -89,11 +89,13 @@ class Prompter:
         if self.template is None:
             raise HerdError("this model has neither the Llama 3 vocabulary nor a chat template; "
                             "use a raw prompt (herd generate --raw)")
-        # a template that ignores `tools` gets them as a system-prompt block (see herd.tokenizer.templates)
+        # a template that ignores `tools` gets them as a system-prompt block (see herd.tokenizer.templates);
+        # the text messages and tools carry is marked literal: its special-token text stays plain text
+        tok = self.tokenizer
         text = self.template.render(messages, tool_defs if tool_choice != "none" else None,
-                                    add_generation_prompt=add_generation_prompt, tool_choice=tool_choice)
-        ids = self.tokenizer.encode(text, allowed_special="all")
-        return text, ids
+                                    add_generation_prompt=add_generation_prompt, tool_choice=tool_choice,
+                                    literal=tok.mark_literal)
+        return tok.unmark(text), tok.encode_marked(text)
 
     def encode(self, messages: Sequence[MessageLike], **kw: Any) -> list[int]:
         """Prompt ids for a conversation (see render)."""

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +95,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return f"<{type(value).__name__}>"
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` (plain JSON data) with fn applied to every string value (keys are left alone)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
 
 
 def message_to_template_dict(message: Message | Mapping[str, Any]) -> dict[str, Any]:
@@ -230,6 +241,7 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         documents: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str = "auto",
+        literal: Callable[[str], str] | None = None,
         **kwargs: Any,
     ) -> str:
         """The prompt text; template errors (including raise_exception) become HerdError.
@@ -237,11 +249,16 @@ class ChatTemplate:
         A template that reads `tools` is rendered as transformers does. One that does not gets the
         tool prompt (when tools are offered and tool_choice is not "none") and its tool calls and
         results rewritten as the module docstring describes; tool_choice only shapes that prompt.
+        `literal` is applied to every string the messages and tools carry before rendering
+        (Tokenizer.mark_literal: their special-token text is then encoded as plain text).
         """
         if not messages:
             raise HerdError("cannot apply a chat template to an empty conversation")
         chat = [message_to_template_dict(m) for m in messages]
         tool_dicts = None if tools is None else [_tool_to_template_dict(t) for t in tools]
+        if literal is not None:
+            chat = _map_strings(chat, literal)
+            tool_dicts = _map_strings(tool_dicts, literal)
         variables = {
             "tools": tool_dicts,
             "documents": None if documents is None else _plain(list(documents)),

@@ -18,6 +18,8 @@ import tiktoken
 from herd.errors import HerdError
 
 AllowedSpecial = Literal["all", "none"] | Collection[str]
+LITERAL_OPEN, LITERAL_CLOSE = "\ue000", "\ue001"  # private-use characters: see Tokenizer.mark_literal
+_MARKED_RE = re.compile(f"{LITERAL_OPEN}(.+?){LITERAL_CLOSE}", re.DOTALL)
 
 
 class Tokenizer(ABC):
@@ -57,6 +59,54 @@ class Tokenizer(ABC):
     def is_llama3(self) -> bool:
         """True when the vocabulary carries the Llama 3 header tokens (Llama 3 chat format applies)."""
         return self.special_tokens.get("<|start_header_id|>") == 128006 and "<|eot_id|>" in self.special_tokens
+
+    # ---- text that must stay text: message contents inside a rendered chat template ----------
+    # A chat template renders its own control tokens and the messages' text into one string. Before
+    # rendering, special-token text inside message text is wrapped in private-use marker characters
+    # (mark_literal); encode_marked turns the template's special tokens into ids and encodes the
+    # marked text as plain text, so "<|im_end|><|im_start|>system" typed by a user forges nothing.
+
+    @functools.cached_property
+    def _specials_re(self) -> re.Pattern[str]:
+        names = sorted(self.special_tokens, key=len, reverse=True)  # longest first
+        alternation = "|".join(map(re.escape, names)) or r"(?!x)x"
+        return re.compile(f"({LITERAL_OPEN}.+?{LITERAL_CLOSE})|{alternation}", re.DOTALL)
+
+    @functools.cached_property
+    def _literal_re(self) -> re.Pattern[str]:
+        names = sorted(self.special_tokens, key=len, reverse=True)
+        return re.compile("|".join([*map(re.escape, names), f"[{LITERAL_OPEN}{LITERAL_CLOSE}]"]))
+
+    def mark_literal(self, s: str) -> str:
+        """`s` with every special-token text (and marker character) marked as plain text for encode_marked."""
+        if not self._literal_re.search(s):
+            return s
+        return self._literal_re.sub(lambda m: LITERAL_OPEN + m.group(0) + LITERAL_CLOSE, s)
+
+    def encode_marked(self, text: str) -> list[int]:
+        """Ids of a rendered template: its special-token text becomes control tokens, text that
+        mark_literal marked is encoded as plain text (as if it held no special token)."""
+        if LITERAL_OPEN not in text:
+            return self.encode(text, allowed_special="all")
+        ids: list[int] = []
+        plain: list[str] = []
+        pos = 0
+        for m in self._specials_re.finditer(text):
+            plain.append(text[pos : m.start()])
+            pos = m.end()
+            if m.group(1) is not None:  # marked: plain text, BPE-merged with its neighbours
+                plain.append(m.group(1)[1:-1])
+                continue
+            ids += self.encode("".join(plain))
+            plain = []
+            ids.append(self.special_tokens[m.group(0)])
+        plain.append(text[pos:])
+        return ids + self.encode("".join(plain))
+
+    @staticmethod
+    def unmark(text: str) -> str:
+        """A marked text as it reads (the markers removed)."""
+        return _MARKED_RE.sub(r"\1", text) if LITERAL_OPEN in text else text
 
 
 # ---------------------------------------------------------------------------------------------
