@@ -24,12 +24,20 @@ then:
   python -c 'import openai; c = openai.OpenAI(base_url="http://127.0.0.1:8321/v1", api_key="x"); \\
 print(c.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Hi"}]))'
 
-routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}] (also under /v1/openai/v1),
+routes: /v1/chat/completions (POST; GET lists the stored ones, GET|DELETE /{id}), /v1/completions,
+  /v1/embeddings, /v1/models[/{id}] (all also under /v1/openai/v1),
   /v1/inference/chat-completion|completion|embeddings, /v1/health, /v1/version, /v1/providers,
-  /v1/inspect/routes, /metrics (Prometheus). SIGINT/SIGTERM finish in-flight requests, then exit 0.
+  /v1/inspect/routes, /metrics (Prometheus). SIGINT/SIGTERM finish in-flight requests, then exit 0
+  (exit 3 when drain_timeout ran out and some were cut; 1 when the server could not start).
 config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
   server: {host: 127.0.0.1, port: 8321, api_keys: ["${env.HERD_API_KEY:=}"], max_request_bytes: 8388608,
-           drain_timeout: 30, access_log: true}
+           drain_timeout: 30, access_log: true,
+           header_timeout: 10, body_timeout: 30, keep_alive_timeout: 5, max_header_bytes: 16384,
+           max_connections: 1024, cors_origins: [],   # e.g. ["http://localhost:3000"]; empty: no CORS
+           store_chat_completions: requested}   # | all | off: kept in $HERD_HOME (~/.cache/herd)
+  limits: {max_waiting_requests: 128, max_queued_tokens: 262144, retry_after: 1, request_timeout: 600,
+           max_sequences_in_flight: 16, max_sequences_per_request: 256, max_completion_prompts: 128,
+           max_embedding_inputs: 2048, max_stop_strings: 16}   # per model queue -> 429; caps -> 400
   models:
     - {id: llama, model: ./Llama-3.1-8B-Instruct, engine: {kv_cache_memory: 4294967296, max_num_seqs: 32}}
     - {id: small, model: smollm2-135m-instruct, quantize: int4}   # none | bf16 | int8 | int4
@@ -86,6 +94,12 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
                    help="larger request bodies get 413 (default 8MiB)")
     p.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                    help="how long SIGINT/SIGTERM waits for in-flight requests (default 30)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a request this long after it arrived: 504, or an error event in a stream "
+                   "(default 600; 0: none)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let a web page from ORIGIN call the API from a browser (repeatable; default: none, "
+                   "CORS off)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     p.add_argument("--no-access-log", action="store_true", help="no per-request JSON log lines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while loading")
@@ -143,10 +157,15 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
                if v is not None}
     if args.no_access_log:
         changes["access_log"] = False
+    if args.cors_origin:
+        changes["cors_origins"] = tuple(args.cors_origin)
     if changes.get("port", 0) < 0 or changes.get("port", 0) > 65535:
         raise HerdError(f"--port must be in 0..65535, got {changes['port']}")
     server = dataclasses.replace(server, api_keys=keys, **changes)
-    return dataclasses.replace(cfg, server=server, models=tuple(out))
+    limits = cfg.limits
+    if args.request_timeout is not None:
+        limits = dataclasses.replace(limits, request_timeout=args.request_timeout)
+    return dataclasses.replace(cfg, server=server, limits=limits, models=tuple(out))
 
 
 def _name_of(ref: str) -> str:

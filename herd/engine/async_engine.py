@@ -127,7 +127,7 @@ class AsyncLLMEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 # step() fails a request alone when its forward or sampling fails; an error here is
                 # in the engine's own bookkeeping, so no request can be trusted to go on: fail them all
                 log.exception("engine step failed; failing its %d requests", len(self.engine.groups))

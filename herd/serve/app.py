@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (
     JSONResponse,
     PlainTextResponse,
@@ -21,17 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from herd import __version__
 from herd.errors import HerdError
 from herd.serve import completions as cmpl
-from herd.serve import oai, stack
+from herd.serve import oai, stack, stored
 from herd.serve import protocol as p
 from herd.serve.config import ServerConfig
 from herd.serve.errors import APIError, error_body
 from herd.serve.generation import CallContext
+from herd.serve.limits import Admission, Drain
 from herd.serve.metrics import Metrics
 from herd.serve.models import ModelRegistry
+from herd.serve.openapi import openapi_document
 
 log = logging.getLogger("herd.serve")
-PROVIDER = {"api": "inference", "provider_id": "herd", "provider_type": "inline::herd", "config": {},
-            "health": {"status": "OK"}}
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -93,12 +94,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if e.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; see GET /v1/inspect/routes"
         elif e.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        return _json_error(e.status_code, message)
+            allowed = (e.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}" + \
+                (f"; allowed: {allowed}" if allowed else "")
+        return JSONResponse(error_body(e.status_code, message), status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(HerdError)
     async def _herd(_: Request, e: HerdError) -> JSONResponse:
-        return _json_error(400, str(e))
+        return _json_error(400, str(e), param=e.param)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
@@ -145,10 +148,13 @@ def _client_wants_no_done(request: Request) -> bool:
 
 
 def context(request: Request, prefix: str, native: bool = False) -> CallContext:
-    """The CallContext of one request (engine request id, metrics, disconnect check, [DONE] or not)."""
-    ctx = CallContext(p.new_id(prefix), request.app.state.metrics, request.is_disconnected,
+    """The CallContext of one request (engine request id, metrics, disconnect check, [DONE] or not,
+    limits, the model queues and the drain)."""
+    state = request.app.state
+    ctx = CallContext(p.new_id(prefix), state.metrics, request.is_disconnected,
                       send_done=not native and not _client_wants_no_done(request),
-                      shields=getattr(request.app.state, "shields", None))
+                      shields=getattr(state, "shields", None), limits=state.config.limits,
+                      admission=state.admission, drain=state.drain)
     request.state.herd_ctx = ctx  # the access log reads model and token counts from it
     return ctx
 
@@ -166,7 +172,7 @@ openai_routes = APIRouter()
 async def chat_completions(body: p.ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions (stream or not), with tools and structured output."""
     ctx = context(request, "chatcmpl")
-    return await respond(oai.chat_completions(body, _registry(request), ctx), ctx)
+    return await respond(oai.chat_completions(body, _registry(request), ctx, request.app.state.chat_store), ctx)
 
 
 @openai_routes.post("/completions")
@@ -221,25 +227,23 @@ async def stack_embeddings(body: p.StackEmbeddingsRequest, request: Request) -> 
 
 
 @stack_routes.post("/models")
-async def register_model(request: Request) -> dict[str, Any]:
+async def register_model(body: p.RegisterModelRequest, request: Request) -> dict[str, Any]:
     """Registering a model that is served is a no-op; others are declared at startup (501)."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "request body is not valid JSON") from None
-    model_id = body.get("model_id") if isinstance(body, dict) else None
     reg = _registry(request)
     try:
-        return p.dump(reg.get(model_id, "model_id").card())
+        return p.dump(reg.get(body.model_id, "model_id").card())
     except APIError:
         raise APIError(501, f"herd serves the models named at startup (--model or the config's models:); "
-                            f"{model_id!r} is not one of {', '.join(reg.ids)}") from None
+                            f"{body.model_id!r} is not one of {', '.join(reg.ids)}") from None
 
 
 @stack_routes.get("/health")
 async def health() -> dict[str, str]:
-    """Llama Stack health (open without an API key)."""
+    """Llama Stack health (open without an API key, and while draining)."""
     return {"status": "OK"}
+
+
+stack_routes.add_api_route("/health", health, methods=["HEAD"], operation_id="head_health")  # load balancers
 
 
 @stack_routes.get("/version")
@@ -249,17 +253,26 @@ async def version() -> dict[str, str]:
 
 
 @stack_routes.get("/providers")
-async def providers() -> dict[str, Any]:
-    """The one inference provider: herd itself."""
-    return {"data": [PROVIDER]}
+async def providers(request: Request) -> dict[str, Any]:
+    """Every provider that serves something, with the API it serves (inference: herd; safety: each shield
+    type; the subsystems that mount routes add theirs to `app.state.providers`)."""
+    return {"data": request.app.state.providers}
 
 
 @stack_routes.get("/providers/{provider_id}")
-async def provider(provider_id: str) -> dict[str, Any]:
+async def provider(provider_id: str, request: Request) -> dict[str, Any]:
     """One provider by id."""
-    if provider_id != PROVIDER["provider_id"]:
-        raise APIError(404, f"provider {provider_id!r} not found; available providers: herd")
-    return PROVIDER
+    found = [x for x in request.app.state.providers if x["provider_id"] == provider_id]
+    if not found:
+        ids = ", ".join(dict.fromkeys(x["provider_id"] for x in request.app.state.providers))
+        raise APIError(404, f"provider {provider_id!r} not found; available providers: {ids}")
+    return found[0]
+
+
+def provider_entry(api: str, provider_id: str, provider_type: str) -> dict[str, Any]:
+    """A Llama Stack provider listing entry."""
+    return {"api": api, "provider_id": provider_id, "provider_type": provider_type, "config": {},
+            "health": {"status": "OK"}}
 
 
 @stack_routes.get("/inspect/routes")
@@ -289,9 +302,15 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     app.state.registry = registry
     app.state.metrics = Metrics()
     app.state.config = config
+    app.state.chat_store = stored.ChatCompletionStore.from_settings(config.server)  # None: storing is off
+    app.state.admission = Admission(config.limits)
+    app.state.drain = Drain()
+    app.state.providers = [provider_entry("inference", "herd", "inline::herd")]
     install_error_handlers(app)
     app.include_router(openai_routes, prefix="/v1")
     app.include_router(openai_routes, prefix="/v1/openai/v1", include_in_schema=False)  # Llama Stack 0.2 clients
+    app.include_router(stored.router, prefix="/v1")
+    app.include_router(stored.router, prefix="/v1/openai/v1", include_in_schema=False)
     app.include_router(stack_routes)
     _mount_safety(app, config)
 
@@ -304,7 +323,12 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
         return {"name": "herd", "version": __version__, "models": registry.ids,
                 "openai_base_url": "/v1", "routes": "/v1/inspect/routes"}
 
-    app.add_middleware(OpsMiddleware, settings=config.server, metrics=app.state.metrics)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.add_middleware(OpsMiddleware, settings=config.server, metrics=app.state.metrics, drain=app.state.drain,
+                       limits=config.limits)
+    if config.server.cors_origins:  # outermost: answers browsers' preflight before auth
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.server.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])
     return app
 
 
@@ -314,5 +338,8 @@ def _mount_safety(app: FastAPI, config: ServerConfig) -> None:
         from herd.serve.safety import mount
     except ImportError:  # the safety layer is optional
         return
-    mount(app, ShieldRegistry.from_config(list(config.shields)))
+    registry = ShieldRegistry.from_config(list(config.shields))
+    mount(app, registry)
+    for kind in dict.fromkeys(c.type for c in registry.configs()):
+        app.state.providers.append(provider_entry("safety", kind, f"inline::{kind}"))
 

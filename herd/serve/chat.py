@@ -24,6 +24,7 @@ from herd.engine.request import CompletionOutput, SamplingParams
 from herd.errors import HerdError
 from herd.serve.errors import APIError, bad_request
 from herd.serve.generation import (
+    CallContext,
     LogprobEntry,
     Usage,
     check_budget,
@@ -34,7 +35,6 @@ from herd.serve.generation import (
     sampling_params,
     until_disconnected,
 )
-from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
 from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
 
@@ -277,19 +277,19 @@ def _classify(buffer: str) -> str:
     return "text"
 
 
-async def run_chat(plan: ChatPlan, metrics: Metrics, usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
+async def run_chat(plan: ChatPlan, ctx: CallContext, usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
     """Per engine step, the deltas of the choices that advanced; the last batch carries every finish."""
     states = [ChoiceState(plan, i) for i in range(plan.params.n)]
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
         deltas = [d for o in out.outputs if (d := states[o.index].step(o)) is not None]
         if deltas:
             yield deltas
 
 
-async def complete_chat(plan: ChatPlan, metrics: Metrics, usage: Usage) -> list[ChoiceState]:
+async def complete_chat(plan: ChatPlan, ctx: CallContext, usage: Usage) -> list[ChoiceState]:
     """Run to the end; the finished choice states (message, finish_reason, logprobs)."""
     states = [ChoiceState(plan, i) for i in range(plan.params.n)]
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
         for o in out.outputs:
             states[o.index].step(o)
     return states
@@ -372,7 +372,7 @@ def chat_shields(model: LLMModel, ctx: Any, input_shields: Sequence[str] | None,
 
 
 async def run_chat_screened(
-    plan: ChatPlan, metrics: Metrics, usage: Usage, screen: Callable[[list[ChoiceState]], Awaitable[None]],
+    plan: ChatPlan, ctx: CallContext, usage: Usage, screen: Callable[[list[ChoiceState]], Awaitable[None]],
 ) -> AsyncIterator[list[ChoiceDelta]]:
     """run_chat with output shields: nothing is released before the reply is checked. Yields [] once the
     engine has started (so errors before it are still a 4xx status), then one whole delta per choice: what
@@ -380,7 +380,7 @@ async def run_chat_screened(
     states = [ChoiceState(plan, i) for i in range(plan.params.n)]
     whole = [ChoiceDelta(i) for i in range(plan.params.n)]
     started = False
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, plan.request_id, metrics, usage):
+    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
         for o in out.outputs:
             if (d := states[o.index].step(o)) is not None:
                 whole[o.index].add(d)
@@ -395,7 +395,7 @@ async def _once(batch: list[ChoiceDelta]) -> AsyncIterator[list[ChoiceDelta]]:
     yield batch
 
 
-async def stream_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], metrics: Metrics,
+async def stream_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], ctx: CallContext,
                       usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
     """The delta batches of a streamed chat turn, screened; the first engine output is awaited here."""
     if shields is not None:
@@ -403,21 +403,22 @@ async def stream_chat(plan: ChatPlan, shields: ChatShields | None, messages: Seq
         if v is not None:  # the model does not run
             return _once([ChoiceState(plan, i).refuse(v, "input").refusal_delta() for i in range(plan.params.n)])
     if shields is not None and shields.output:
-        gen = run_chat_screened(plan, metrics, usage, lambda states: shields.screen_output(messages, states))
+        gen = run_chat_screened(plan, ctx, usage, lambda states: shields.screen_output(messages, states))
     else:
-        gen = run_chat(plan, metrics, usage)
-    _, rest = await first_then_rest(gen)
+        gen = run_chat(plan, ctx, usage)
+    # a client that leaves while the request still waits for the engine aborts it there too
+    _, rest = await until_disconnected(ctx.is_disconnected, first_then_rest(gen))
     return rest
 
 
-async def finish_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], metrics: Metrics,
-                      usage: Usage, is_disconnected: Callable[[], Awaitable[bool]]) -> list[ChoiceState]:
+async def finish_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], ctx: CallContext,
+                      usage: Usage) -> list[ChoiceState]:
     """The finished choice states of a non-streamed chat turn, screened."""
     if shields is not None:
         v = await shields.check_input(messages)
         if v is not None:  # the model does not run
             return [ChoiceState(plan, i).refuse(v, "input") for i in range(plan.params.n)]
-    states = await until_disconnected(is_disconnected, complete_chat(plan, metrics, usage))
+    states = await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx, usage))
     if shields is not None:
         await shields.screen_output(messages, states)
     return states

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herd.engine.request import RequestOutput, SamplingParams
-from herd.errors import HerdError
 from herd.serve import protocol as p
 from herd.serve.errors import bad_request
 from herd.serve.generation import (
@@ -115,7 +114,8 @@ def _plan(model: LLMModel, prompts: list[str | list[int]], req: p.CompletionRequ
         if not isinstance(prompt, (str, list)):
             raise bad_request(f"{where} must be a string or a list of token ids", where)
         ids = encode_prompt(model, prompt, where)
-        max_tokens = check_budget(model, len(ids), req.max_tokens if req.max_tokens is not None else 16)
+        max_tokens = check_budget(model, len(ids), req.max_tokens if req.max_tokens is not None else 16,
+                                  prompt_param=where)
         params.append(sampling_params(
             max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
             stop=req.stop, seed=req.seed, n=req.n, presence_penalty=req.presence_penalty,
@@ -128,11 +128,16 @@ def _plan(model: LLMModel, prompts: list[str | list[int]], req: p.CompletionRequ
 async def completions(req: p.CompletionRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
     """POST /v1/completions: a Completion dict, or an async iterator of chunk dicts."""
     model = registry.llm(req.model)
+    ctx.precheck(model.id)
     prompts = prompts_of(req.prompt)
+    ctx.cap(len(prompts), "max_completion_prompts", "prompt", "prompts")
+    ctx.cap(len(req.stop) if isinstance(req.stop, list) else 0, "max_stop_strings", "stop", "stop strings")
     ids_list, params = await asyncio.to_thread(_plan, model, prompts, req)  # tokenizing off the event loop
     usages = [ctx.track(model.id, Usage(len(ids))) for ids in ids_list]
-    streams = [generate(model, ids, sp, f"{ctx.request_id}-{i}", ctx.metrics, u,
-                        "prompt" if len(ids_list) == 1 else f"prompt[{i}]")
+    ctx.admit(model.id, sum(len(ids) for ids in ids_list), len(ids_list) * req.n)
+    # each prompt is its own engine request; ctx.gate keeps only a few of them in the engine at once
+    streams = [generate(model, ids, sp, ctx, u, request_id=f"{ctx.request_id}-{i}",
+                        prompt_param="prompt" if len(ids_list) == 1 else f"prompt[{i}]")
                for i, (ids, sp, u) in enumerate(zip(ids_list, params, usages))]
     echo = [(prompt if isinstance(prompt, str) else model.tokenizer.decode(prompt)) if req.echo else ""
             for prompt in prompts]
@@ -157,7 +162,7 @@ async def completions(req: p.CompletionRequest, registry: ModelRegistry, ctx: Ca
                                   logprobs=lp(c, c.logprobs, len(c.echo))) for row in choices for c in row]
         return p.dump(p.Completion(id=ctx.request_id, created=created, model=model.id, choices=out, usage=total()))
 
-    _, rest = await first_then_rest(merge(streams))
+    _, rest = await until_disconnected(ctx.is_disconnected, first_then_rest(merge(streams)))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
@@ -187,16 +192,17 @@ async def stack_completion(req: p.StackCompletionRequest, registry: ModelRegistr
     from herd.serve.stack import interleaved_text, stack_logprobs
 
     model = registry.llm(req.model_id, "model_id")
-    ids = encode_prompt(model, interleaved_text(req.content, "content"), "content")
+    ctx.precheck(model.id)
+    ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")
+    ids = await asyncio.to_thread(encode_prompt, model, interleaved_text(req.content, "content"), "content")
     k = req.logprobs.top_k if req.logprobs else None
-    try:
-        params = sampling_params(max_tokens=check_budget(model, len(ids), max_tokens, "sampling_params.max_tokens"),
-                                 response_format=response_format_of(req.response_format), logprobs=k, **sampling)
-    except HerdError as e:  # pragma: no cover - sampling_params already maps these
-        raise bad_request(str(e)) from None
+    budget = check_budget(model, len(ids), max_tokens, "sampling_params.max_tokens", "content")
+    params = sampling_params(max_tokens=budget, response_format=response_format_of(req.response_format),
+                             logprobs=k, **sampling)
     usage = ctx.track(model.id, Usage(len(ids)))
+    ctx.admit(model.id, len(ids))
     choice = [_Choice(0)]
-    stream = generate(model, ids, params, ctx.request_id, ctx.metrics, usage, "content")
+    stream = generate(model, ids, params, ctx, usage, prompt_param="content")
     if not req.stream:
         async def run_all() -> None:
             async for out in stream:
@@ -207,7 +213,7 @@ async def stack_completion(req: p.StackCompletionRequest, registry: ModelRegistr
         return p.dump(p.StackCompletionResponse(
             content=c.text, stop_reason=c.stop_reason, logprobs=stack_logprobs(model, c.logprobs) if k else None,
             metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens)))
-    _, rest = await first_then_rest(stream)
+    _, rest = await until_disconnected(ctx.is_disconnected, first_then_rest(stream))
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async for out in rest:

@@ -2,6 +2,7 @@
 
 ```yaml
 server: {host: 127.0.0.1, port: 8321, api_keys: ["${env.HERD_API_KEY}"], max_request_bytes: 8388608}
+limits: {max_waiting_requests: 128, request_timeout: 600}   # back-pressure: see LimitSettings
 models:
   - id: smollm2                       # what clients send as `model`
     model: smollm2-135m-instruct      # any model reference (directory, .gguf, built-in, random:<preset>)
@@ -68,6 +69,50 @@ class ServerSettings:
     drain_timeout: float = 30.0  # seconds SIGINT/SIGTERM waits for in-flight requests
     access_log: bool = True  # one JSON line per request on stderr
     log_level: str = "info"
+    # connections (slow or stalled clients; see SECURITY.md)
+    header_timeout: float = 10.0  # seconds a connection has to send a request's headers; then 408 / closed
+    body_timeout: float = 30.0  # seconds to receive a request's body once its headers are in; then 408
+    keep_alive_timeout: float = 5.0  # idle seconds before a kept-alive connection is closed
+    max_header_bytes: int = 16384  # a larger request line + headers gets 431
+    max_connections: int = 1024  # open connections beyond this get 503
+    # browser origins allowed to call the API (CORS); empty: no CORS headers, browsers refuse
+    cors_origins: tuple[str, ...] = ()
+    # stored chat completions (GET /v1/chat/completions): "requested" (store: true, as OpenAI),
+    # "all" (every chat completion, as Llama Stack 0.2) or "off"
+    store_chat_completions: Literal["requested", "all", "off"] = "requested"
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise HerdError(f"server.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.max_header_bytes < 1024 or self.max_connections < 1 or self.max_request_bytes < 1:
+            raise HerdError("server.max_header_bytes must be >= 1024, max_connections and max_request_bytes >= 1")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Back-pressure and per-request caps: a flood gets 429s instead of an unbounded queue, and one
+    request cannot hold the engine for everyone (README: Limits)."""
+
+    # per model: requests that have not produced a token yet, and their prompt tokens; beyond: 429
+    max_waiting_requests: int = 128
+    max_queued_tokens: int = 262144
+    retry_after: float = 1.0  # seconds, sent as Retry-After with 429 (and 503 while draining)
+    request_timeout: float = 600.0  # seconds from arrival to the last token (0: none); then 504
+    max_sequences_in_flight: int = 16  # one request's sequences in the engine at once (prompt lists x n)
+    max_sequences_per_request: int = 256  # prompts x n of one request; beyond: 400
+    max_completion_prompts: int = 128  # prompts in one /v1/completions list; beyond: 400
+    max_embedding_inputs: int = 2048  # texts in one embeddings request; beyond: 400
+    max_stop_strings: int = 16  # stop strings of one request; beyond: 400
+
+    def __post_init__(self) -> None:
+        ints = ("max_waiting_requests", "max_queued_tokens", "max_sequences_in_flight", "max_sequences_per_request",
+                "max_completion_prompts", "max_embedding_inputs", "max_stop_strings")
+        for name in ints:
+            if getattr(self, name) < 1:
+                raise HerdError(f"limits.{name} must be >= 1, got {getattr(self, name)}")
+        if self.retry_after <= 0 or self.request_timeout < 0:
+            raise HerdError("limits.retry_after must be > 0 and limits.request_timeout >= 0 (0: no timeout)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +120,7 @@ class ServerConfig:
     """Everything `herd serve` runs with."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     models: tuple[ModelSpec, ...] = ()
     shields: tuple[dict[str, Any], ...] = ()  # raw entries for herd.safety
 
@@ -131,6 +177,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise HerdError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
+        if value is False and "off" in typing.get_args(tp):  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in typing.get_args(tp):
             raise HerdError(f"{where}: expected one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
         return value

@@ -153,18 +153,24 @@ class SentenceEncoder:
         self.dim = self.args.hidden_size
         self._lock = threading.Lock()
 
-    def tokenize(self, texts: list[str], truncation: Literal["none", "start", "end"] = "end") -> list[list[int]]:
-        """Token ids with [CLS]/[SEP], cut to max_seq_length ('none': too long is a HerdError)."""
+    def tokenize(self, texts: list[str], truncation: Literal["none", "start", "end"] = "end",
+                 param: str = "input") -> list[list[int]]:
+        """Token ids with [CLS]/[SEP], cut to max_seq_length ('none': too long is a HerdError). A long
+        text is tokenized only as far as it can matter: a window of whole words at the kept end."""
+        limit = self.max_seq_length
+        window = limit * _CHARS_PER_TOKEN_BOUND
+        pieces = [_word_window(t, window, truncation) for t in texts]
         out = []
-        for i, enc in enumerate(self.tokenizer.encode_batch(texts)):
+        for i, (enc, piece) in enumerate(zip(self.tokenizer.encode_batch(pieces), pieces)):
             ids = enc.ids
-            if len(ids) > self.max_seq_length:
+            if len(ids) > limit:
                 if truncation == "none":
-                    raise HerdError(f"input[{i}] has {len(ids)} tokens; this model takes at most "
-                                    f"{self.max_seq_length} (set text_truncation to 'end' or 'start')")
-                keep = self.max_seq_length - 2
+                    count = f"more than {limit}" if piece is not texts[i] else str(len(ids))
+                    raise HerdError(f"{param}[{i}] has {count} tokens; this model takes at most {limit} "
+                                    f"(shorten it, or set text_truncation to 'end' or 'start')", param)
+                keep = limit - 2
                 body = ids[1:-1]
-                body = body[:keep] if truncation == "end" else body[len(body) - keep:]
+                body = body[:keep] if truncation != "start" else body[len(body) - keep:]
                 ids = [ids[0], *body, ids[-1]]
             out.append(ids)
         return out
@@ -195,6 +201,24 @@ class SentenceEncoder:
     def encode(self, texts: list[str], truncation: Literal["none", "start", "end"] = "end") -> np.ndarray:
         """(N, dim) embeddings for texts."""
         return self.encode_ids(self.tokenize(texts, truncation))
+
+
+# a WordPiece token covers at least one character, so `limit` tokens come from at most this many
+# characters per token of whole words, comfortably (English averages ~4-5)
+_CHARS_PER_TOKEN_BOUND = 32
+
+
+def _word_window(text: str, chars: int, truncation: str) -> str:
+    """`text`, or (when much longer than `chars`) the whole words within `chars` characters of the end that
+    truncation keeps: the start for "end"/"none", the end for "start". Tokenizing the window gives the same
+    first (last) tokens as the whole text, since words are tokenized independently."""
+    if len(text) <= chars:
+        return text
+    if truncation == "start":
+        cut = min((i for c in " \n\t" if (i := text.find(c, len(text) - chars)) > 0), default=-1)
+        return text[cut:] if cut > 0 else text
+    cut = max(text.rfind(c, 0, chars) for c in " \n\t")
+    return text[:cut] if cut > 0 else text
 
 
 def load_encoder(ref: str | None, device: str | None = None) -> SentenceEncoder:
@@ -236,15 +260,17 @@ def check_dimensions(encoder: SentenceEncoder, dims: int | None, param: str) -> 
         raise bad_request(f"{param}: this model only produces {encoder.dim}-dimensional embeddings", param)
 
 
-async def embed(encoder: SentenceEncoder, texts: list[str],
-                truncation: Literal["none", "start", "end"] = "end") -> tuple[np.ndarray, int]:
-    """(embeddings, token count) computed off the event loop."""
+async def embed(encoder: SentenceEncoder, texts: list[str], truncation: Literal["none", "start", "end"] = "end",
+                param: str = "input") -> tuple[np.ndarray, int]:
+    """(embeddings, token count), tokenized and computed off the event loop."""
+    def work() -> tuple[np.ndarray, int]:
+        ids = encoder.tokenize(texts, truncation, param)
+        return encoder.encode_ids(ids), sum(len(x) for x in ids)
+
     try:
-        ids = encoder.tokenize(texts, truncation)
+        return await asyncio.to_thread(work)
     except HerdError as e:
-        raise bad_request(str(e), "input") from None
-    vectors = await asyncio.to_thread(encoder.encode_ids, ids)
-    return vectors, sum(len(x) for x in ids)
+        raise bad_request(str(e), e.param or param, "context_length_exceeded") from None
 
 
 def encode_vector(v: np.ndarray, fmt: str) -> list[float] | str:

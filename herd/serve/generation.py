@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 from herd.engine.request import CompletionOutput, RequestOutput, SamplingParams
 from herd.errors import EngineError, HerdError
+from herd.serve.config import LimitSettings
 from herd.serve.errors import APIError, bad_request
+from herd.serve.limits import Admission, Deadline, Drain, SequenceGate, Ticket
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
 
@@ -20,7 +22,8 @@ LogprobEntry = tuple[int, float, list[tuple[int, float]]]
 MIN_LOGPROB = -9999.0  # what OpenAI reports for impossible tokens
 
 
-def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param: str = "max_tokens") -> int:
+def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param: str = "max_tokens",
+                 prompt_param: str = "messages") -> int:
     """The max_tokens to use; prompt + max_tokens over the context is a 400 naming both counts."""
     limit = model.max_model_len
     context = model.engine.engine.max_model_len
@@ -28,7 +31,7 @@ def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param
         f"the {limit} tokens one request may hold (KV-cache pool; the model's context is {context})"
     if prompt_len >= limit:
         raise bad_request(f"the prompt has {prompt_len} tokens, which leaves no room for output in {what}; "
-                          f"shorten the prompt", "messages", "context_length_exceeded")
+                          f"shorten the prompt", prompt_param, "context_length_exceeded")
     if max_tokens is None or max_tokens <= 0:
         return limit - prompt_len
     if prompt_len + max_tokens > limit:
@@ -113,45 +116,53 @@ def engine_error(e: HerdError | EngineError, request_id: str, prompt_param: str)
 
 
 async def generate(
-    model: LLMModel, prompt_ids: Sequence[int], params: SamplingParams, request_id: str, metrics: Metrics,
-    usage: Usage, prompt_param: str = "messages",
+    model: LLMModel, prompt_ids: Sequence[int], params: SamplingParams, ctx: CallContext, usage: Usage,
+    *, request_id: str | None = None, prompt_param: str = "messages",
 ) -> AsyncIterator[RequestOutput]:
-    """Engine outputs step by step, with metrics; engine errors become HTTP errors (engine_error);
-    cancelling aborts."""
-    start = last = time.monotonic()
-    first = True
-    finished = False
-    seen = 0
-    stream = model.engine.generate(list(prompt_ids), params, request_id=request_id)
-    try:
-        async for out in stream:
-            t = time.monotonic()
-            total = sum(len(o.token_ids) for o in out.outputs)
-            if total > seen:
-                if first:
-                    metrics.ttft.observe(t - start, model=model.id)
-                    first = False
-                else:
-                    metrics.itl.observe(t - last, model=model.id)
-                last = t
-                metrics.generation_tokens.inc(total - seen, model=model.id)
-                seen = total
-            usage.completion_tokens = total
-            usage.cached_tokens = out.num_cached_tokens
-            if out.finished:
-                finished = True
-                for o in out.outputs:
-                    metrics.finished.inc(model=model.id, reason=o.finish_reason or "stop")
-                metrics.e2e.observe(t - start, model=model.id)
-            yield out
-    except (HerdError, EngineError) as e:
-        raise engine_error(e, request_id, prompt_param) from None
-    finally:
-        await stream.aclose()  # a consumer that stopped early aborts the request: its KV blocks are freed
-        metrics.prompt_tokens.inc(len(prompt_ids), model=model.id)
-        metrics.cached_tokens.inc(usage.cached_tokens, model=model.id)
-        if not finished:
-            metrics.finished.inc(model=model.id, reason="abort")
+    """Engine outputs step by step, with metrics; engine errors become HTTP errors (engine_error); the
+    request's deadline and the server's drain can cut it (504 / 503); cancelling aborts."""
+    request_id = request_id or ctx.request_id
+    metrics = ctx.metrics
+    async with ctx.gate.hold(params.n):  # one request's sequences in the engine at once are capped
+        start = last = time.monotonic()
+        first = True
+        finished = False
+        seen = 0
+        stream = model.engine.generate(list(prompt_ids), params, request_id=request_id)
+        try:
+            while True:
+                try:
+                    out = await ctx.deadline.next(stream)
+                except StopAsyncIteration:
+                    break
+                ctx.started()
+                t = time.monotonic()
+                total = sum(len(o.token_ids) for o in out.outputs)
+                if total > seen:
+                    if first:
+                        metrics.ttft.observe(t - start, model=model.id)
+                        first = False
+                    else:
+                        metrics.itl.observe(t - last, model=model.id)
+                    last = t
+                    metrics.generation_tokens.inc(total - seen, model=model.id)
+                    seen = total
+                usage.completion_tokens = total
+                usage.cached_tokens = out.num_cached_tokens
+                if out.finished:
+                    finished = True
+                    for o in out.outputs:
+                        metrics.finished.inc(model=model.id, reason=o.finish_reason or "stop")
+                    metrics.e2e.observe(t - start, model=model.id)
+                yield out
+        except (HerdError, EngineError) as e:
+            raise engine_error(e, request_id, prompt_param) from None
+        finally:
+            await stream.aclose()  # a consumer that stopped early aborts the request: its KV blocks are freed
+            metrics.prompt_tokens.inc(len(prompt_ids), model=model.id)
+            metrics.cached_tokens.inc(usage.cached_tokens, model=model.id)
+            if not finished:
+                metrics.finished.inc(model=model.id, reason="abort")
 
 
 async def first_then_rest(agen: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
@@ -209,12 +220,52 @@ class CallContext:
     model: str | None = None  # set once the model is known (for the access log)
     usages: list[Usage] = field(default_factory=list)
     shields: Any = None  # the server's herd.safety ShieldRegistry, for input/output shields
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    admission: Admission | None = None  # the server's; None: no queue bound (tests of single pieces)
+    drain: Drain | None = None
+    ticket: Ticket | None = None
+    gate: SequenceGate = field(init=False)
+    deadline: Deadline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = SequenceGate(self.limits.max_sequences_in_flight)
+        self.deadline = Deadline(self.limits.request_timeout, self.drain)
 
     def track(self, model: str, usage: Usage) -> Usage:
         """Remember the model and a request's token counts for the access log."""
         self.model = model
         self.usages.append(usage)
         return usage
+
+    def precheck(self, model_id: str) -> None:
+        """429 at once when the model's queue is already full (before tokenizing anything)."""
+        if self.admission is not None:
+            self.admission.check(model_id)
+
+    def admit(self, model_id: str, prompt_tokens: int, sequences: int = 1) -> None:
+        """Take a place in the model's queue (429 when it is full) and check the per-request caps."""
+        if sequences > self.limits.max_sequences_per_request:
+            raise bad_request(f"this request asks for {sequences} sequences (prompts x n); the limit is "
+                              f"{self.limits.max_sequences_per_request} (limits.max_sequences_per_request)", "n",
+                              "limit_exceeded")
+        if self.admission is not None and self.ticket is None:
+            self.ticket = self.admission.admit(model_id, prompt_tokens)
+
+    def cap(self, count: int, limit: str, param: str, what: str) -> None:
+        """400 naming the limit when a request lists more `what` than limits.<limit> allows."""
+        most = getattr(self.limits, limit)
+        if count > most:
+            raise bad_request(f"{param}: {count} {what}; the limit is {most} (limits.{limit})", param,
+                              "limit_exceeded")
+
+    def started(self) -> None:
+        """The request produced its first output: it no longer counts as waiting."""
+        if self.ticket is not None:
+            self.ticket.release()
+
+    def close(self) -> None:
+        """The HTTP request is over (answered, failed or cut): release what it holds."""
+        self.started()
 
     def log_fields(self) -> dict[str, Any]:
         """model / prompt_tokens / completion_tokens for the access log."""

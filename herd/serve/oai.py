@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from herd.serve import protocol as p
@@ -30,6 +31,7 @@ from herd.serve.generation import (
     token_text,
 )
 from herd.serve.models import ModelRegistry
+from herd.serve.stored import ChatCompletionStore, StreamAssembler, save_completion
 
 _UNSUPPORTED_PART = "this server's models read text only"
 
@@ -107,31 +109,52 @@ def message_out(state: ChoiceState) -> p.ChatMessageOut:
     return p.ChatMessageOut(content=(msg.content or None) if calls else msg.content, tool_calls=calls or None)
 
 
-async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
-    """POST /v1/chat/completions: a ChatCompletion dict, or an async iterator of chunk dicts."""
+async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry, ctx: CallContext,
+                           store: ChatCompletionStore | None = None) -> Any:
+    """POST /v1/chat/completions: a ChatCompletion dict, or an async iterator of chunk dicts; kept in
+    `store` when the request (or the server's setting) asks for it."""
     model = registry.llm(req.model)
+    ctx.precheck(model.id)
     shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
     max_tokens, param = (req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens \
         else (req.max_tokens, "max_tokens")
     messages = messages_in(req.messages)
+    ctx.cap(len(req.stop) if isinstance(req.stop, list) else 0, "max_stop_strings", "stop", "stop strings")
     plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
         plan_chat, model, messages, tools=tools_in(req.tools), tool_choice=req.tool_choice,
         tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
         max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
     k = req.top_logprobs or 0
     if req.stream:
-        rest = await stream_chat(plan, shields, messages, ctx.metrics, usage)
+        rest = await stream_chat(plan, shields, messages, ctx, usage)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return chat_chunks(plan, rest, usage, include_usage, k if req.logprobs else None)
-    states = await finish_chat(plan, shields, messages, ctx.metrics, usage, ctx.is_disconnected)
+        chunks = chat_chunks(plan, rest, usage, include_usage, k if req.logprobs else None)
+        return stored_chunks(chunks, store, req, usage) if store and store.wants(req.store) else chunks
+    states = await finish_chat(plan, shields, messages, ctx, usage)
     choices = [p.ChatChoice(index=s.index, message=message_out(s), finish_reason=s.finish_reason,
                             logprobs=logprobs_out(model.tokenizer, s.logprobs, k) if req.logprobs else None,
                             safety_violation=s.violation)
                for s in states]
-    return p.dump(p.ChatCompletion(id=ctx.request_id, created=plan.created, model=model.id, choices=choices,
-                                   usage=usage_out(usage),
-                                   safety_violation=next((s.violation for s in states if s.violation), None)))
+    out = p.dump(p.ChatCompletion(id=ctx.request_id, created=plan.created, model=model.id, choices=choices,
+                                  usage=usage_out(usage),
+                                  safety_violation=next((s.violation for s in states if s.violation), None)))
+    if store and store.wants(req.store):
+        await save_completion(store, out, req)
+    return out
+
+
+async def stored_chunks(chunks: AsyncGenerator[dict[str, Any], None], store: ChatCompletionStore,
+                        req: p.ChatCompletionRequest, usage: Usage) -> AsyncIterator[dict[str, Any]]:
+    """The chunks, passed through; once the stream has finished (not cut short), the completion they
+    make up is stored, before the stream ends."""
+    assembled = StreamAssembler()
+    async with aclosing(chunks):  # a client that goes away closes `chunks` now, which aborts the request
+        async for chunk in chunks:
+            assembled.add(chunk)
+            yield chunk
+    await save_completion(store, assembled.completion(usage_out(usage)), req)
 
 
 async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage, include_usage: bool,
@@ -170,7 +193,8 @@ async def embeddings(req: p.EmbeddingRequest, registry: ModelRegistry, ctx: Call
     model = registry.embedding(req.model)
     check_dimensions(model.encoder, req.dimensions, "dimensions")
     texts = texts_from_input(req.input, "input")
-    vectors, tokens = await embed(model.encoder, texts)
+    ctx.cap(len(texts), "max_embedding_inputs", "input", "inputs")
+    vectors, tokens = await embed(model.encoder, texts, "none")  # too long is a 400, as OpenAI answers
     ctx.metrics.embedding_inputs.inc(len(texts), model=model.id)
     data = [p.EmbeddingData(index=i, embedding=encode_vector(v, req.encoding_format)) for i, v in enumerate(vectors)]
     return p.dump(p.EmbeddingList(data=data, model=model.id,

@@ -7,13 +7,25 @@ from these models so that every shape lives in this one file.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 ToolPromptFormat = Literal["json", "function_tag", "python_list"]
 StopReason = Literal["end_of_turn", "end_of_message", "out_of_tokens"]
 MAX_TOP_K = 1 << 20  # more than any vocabulary; bounds what reaches the sampler
+# OpenAI's `metadata`: up to 16 pairs, keys up to 64 characters, values up to 512
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
+
+
+def _whole_number(value: Any) -> Any:
+    """16.0 is an integer in JSON (schema); strict mode would refuse it (bools stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]  # request integers
 
 
 class _Request(BaseModel):
@@ -94,12 +106,12 @@ class SamplingFields(_Request):
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K)
+    top_k: Int | None = Field(None, ge=-1, le=MAX_TOP_K)
     min_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1 - 16)  # seed + i for the n-th choice
-    n: int = Field(1, ge=1, le=16)
+    seed: Int | None = Field(None, ge=-(2**63), le=2**63 - 1 - 16)  # seed + i for the n-th choice
+    n: Int = Field(1, ge=1, le=16)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=100)
@@ -118,31 +130,33 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolIn] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
     tool_prompt_format: ToolPromptFormat | None = None  # herd extension (Llama 3.x custom-tool format)
     input_shields: list[str] | None = None  # herd extension: shield ids, added to the model's configured ones
     output_shields: list[str] | None = None  # herd extension: the reply is checked before it is released
+    store: bool | None = None  # keep the completion for GET /v1/chat/completions (server setting decides default)
+    metadata: Metadata | None = Field(None, max_length=16)  # stored with the completion; a list filter
 
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[Int] | list[list[Int]]
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: Int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: Int | None = Field(None, ge=1)
 
 
 class EmbeddingRequest(_Request):
     """POST /v1/embeddings."""
 
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[Int] | list[list[Int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Int | None = Field(None, ge=1)
     user: str | None = None
 
 
@@ -314,6 +328,23 @@ class ModelList(_Response):
     data: list[ModelCard]
 
 
+class CursorPage(_Response):
+    """A page of stored chat completions (each with `input_messages`) or of one's messages: OpenAI's
+    ChatCompletionList and Llama Stack 0.2's ListOpenAIChatCompletionResponse (ids "" when empty)."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str
+    last_id: str
+    has_more: bool
+
+
+class ChatCompletionDeleted(_Response):
+    id: str
+    object: Literal["chat.completion.deleted"] = "chat.completion.deleted"
+    deleted: bool = True
+
+
 # ---- Llama Stack (0.2.x native) requests ----------------------------------------------------
 
 
@@ -340,12 +371,12 @@ class StackStrategy(_Request):
     type: Literal["greedy", "top_p", "top_k"] = "greedy"
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+    top_k: Int | None = Field(None, ge=1, le=MAX_TOP_K)
 
 
 class StackSamplingParams(_Request):
     strategy: StackStrategy = Field(default_factory=StackStrategy)
-    max_tokens: int | None = Field(0, ge=0)  # 0: up to the context
+    max_tokens: Int | None = Field(0, ge=0)  # 0: up to the context
     repetition_penalty: float | None = Field(1.0, gt=0, le=100)
     stop: list[str] | None = None
 
@@ -371,7 +402,7 @@ class StackToolConfig(_Request):
 
 
 class StackLogprobs(_Request):
-    top_k: int = Field(0, ge=0, le=20)
+    top_k: Int = Field(0, ge=0, le=20)
 
 
 class StackChatRequest(_Request):
@@ -402,13 +433,23 @@ class StackCompletionRequest(_Request):
     logprobs: StackLogprobs | None = None
 
 
+class RegisterModelRequest(_Request):
+    """POST /v1/models (Llama Stack models.register): herd serves the models named at startup."""
+
+    model_id: str = Field(min_length=1)
+    provider_model_id: str | None = None
+    provider_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    model_type: Literal["llm", "embedding"] | None = None
+
+
 class StackEmbeddingsRequest(_Request):
     """POST /v1/inference/embeddings."""
 
     model_id: str = Field(min_length=1)
     contents: list[Any] = Field(min_length=1)
     text_truncation: Literal["none", "start", "end"] | None = None
-    output_dimension: int | None = Field(None, ge=1)
+    output_dimension: Int | None = Field(None, ge=1)
     task_type: Literal["query", "document"] | None = None
 
 

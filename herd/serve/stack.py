@@ -146,11 +146,13 @@ def _call_out(c: ToolCall) -> p.StackToolCallOut:
 async def chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
     """POST /v1/inference/chat-completion: a ChatCompletionResponse dict or an async iterator of chunks."""
     model = registry.llm(req.model_id, "model_id")
+    ctx.precheck(model.id)
     shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
     cfg = req.tool_config or p.StackToolConfig()
     tool_choice = req.tool_choice if req.tool_config is None or req.tool_config.tool_choice is None \
         else cfg.tool_choice
     sampling, max_tokens = sampling_in(req.sampling_params)
+    ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")
     k = req.logprobs.top_k if req.logprobs else None
     messages = messages_in(req.messages)
     plan = await asyncio.to_thread(
@@ -159,10 +161,11 @@ async def chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx:
         max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
         request_id=ctx.request_id)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
     if req.stream:
-        rest = await stream_chat(plan, shields, messages, ctx.metrics, usage)
+        rest = await stream_chat(plan, shields, messages, ctx, usage)
         return chat_events(plan, rest, usage, k is not None)
-    state = (await finish_chat(plan, shields, messages, ctx.metrics, usage, ctx.is_disconnected))[0]
+    state = (await finish_chat(plan, shields, messages, ctx, usage))[0]
     msg = p.CompletionMessage(content=state.message.content, stop_reason=state.message.stop_reason or "end_of_turn",
                               tool_calls=[_call_out(c) for c in state.message.tool_calls])
     return p.dump(p.StackChatResponse(
@@ -201,6 +204,8 @@ async def embeddings(req: p.StackEmbeddingsRequest, registry: ModelRegistry, ctx
     model = registry.embedding(req.model_id, "model_id")
     check_dimensions(model.encoder, req.output_dimension, "output_dimension")
     texts = texts_from_input(req.contents, "contents")
-    vectors, _ = await embed(model.encoder, texts, req.text_truncation or "end")
+    ctx.cap(len(texts), "max_embedding_inputs", "contents", "inputs")
+    # text_truncation omitted or null means "none", as Llama Stack defines it: too long is a 400
+    vectors, _ = await embed(model.encoder, texts, req.text_truncation or "none", "contents")
     ctx.metrics.embedding_inputs.inc(len(texts), model=model.id)
     return p.dump(p.StackEmbeddingsResponse(embeddings=vectors.tolist()))

@@ -127,6 +127,7 @@ _EOS_NAMES = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>", "<|im_end|>")
 # tiktoken slows down badly (quadratically) on very long pieces; see tiktoken issue 195
 _MAX_ENCODE_CHARS = 400_000
 _MAX_RUN_CHARS = 25_000
+_GIL_FREE_CHARS = 4096  # texts at least this long are encoded without holding the GIL (tokenizers)
 _RUN_RE = re.compile(r"\s{%d,}|\S{%d,}" % (_MAX_RUN_CHARS + 1, _MAX_RUN_CHARS + 1))
 
 
@@ -309,7 +310,10 @@ class _TokenizersBackend(Tokenizer):
         else:
             allowed = frozenset(allowed_special).intersection(self.special_tokens)
         enc = self._encoder_for(allowed) if allowed else self._tok
-        ids = enc.encode(s, add_special_tokens=False).ids
+        if len(s) < _GIL_FREE_CHARS:
+            ids = enc.encode(s, add_special_tokens=False).ids
+        else:  # encode_batch releases the GIL (encode does not): a long text stalls no other thread
+            ids = enc.encode_batch([s], add_special_tokens=False)[0].ids
         if bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
         if eos:

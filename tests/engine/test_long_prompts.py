@@ -7,7 +7,7 @@ crash on that, and the crash took every request of the step down with it.
 from __future__ import annotations
 
 import asyncio
-import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,38 +20,12 @@ from herd.engine.engine import LLMEngine
 from herd.engine.request import SamplingParams
 from herd.errors import EngineError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinymodels import build_tiny_llama3, prompt_of
+
 PRECISIONS = ("none", "bf16", "int8", "int4")
 LENGTHS = (2047, 2048, 2049, 5000, 8000)
 GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-
-
-def build_tiny_llama3(out: Path, seed: int = 0) -> Path:
-    """A 2-layer, dim-64 Llama with the Llama 3 vocabulary and a 16K context, in HF layout; weights
-    scaled so that logits are O(1) (greedy choices are then clear, not near-ties)."""
-    from herd.config import ModelArgs
-    from herd.model.llama import Transformer
-    from herd.model.weights import save_hf
-
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, hidden_dim=128,
-                     rope_theta=500000.0, max_seq_len=16384)
-    g = torch.Generator().manual_seed(seed)
-    model = Transformer(args)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.startswith("tok_embeddings"):
-                p.copy_(torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
-    save_hf(model, args, out)
-    return out
-
-
-def prompt_of(n: int, salt: int = 0) -> list[int]:
-    """n token ids: BOS then ordinary tokens (deterministic)."""
-    g = torch.Generator().manual_seed(n * 7 + salt)
-    return [128000, *torch.randint(1000, 100000, (n - 1,), generator=g).tolist()]
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,15 @@ def test_missing_api_key_is_401_but_health_is_open(server):
     assert httpx.get(f"{server.url}/v1/health").json() == {"status": "OK"}
 
 
-def test_json_without_content_type_is_still_json(http):
-    r = http.post("/v1/embeddings", content=b'{"model": "%s", "input": "hi"}' % EMBED_ID.encode(),
-                  headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data",
+                                          None])
+def test_bodies_that_are_not_declared_json_are_415(http, content_type):
+    """A web page can POST a form (or text/plain, or a blob with no type) to a local server without CORS
+    preflight: such bodies are refused, so a key-less server cannot be driven from a browser."""
+    body = b'{"model": "%s", "input": "hi"}' % EMBED_ID.encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = http.post("/v1/embeddings", content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    assert "application/json" in r.json()["error"]["message"]
+    ok = http.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384

@@ -59,9 +59,11 @@ def test_embeddings(stack_client):
 
 
 def test_providers_health_version_routes(stack_client):
-    (p,) = stack_client.providers.list()
-    assert p.api == "inference" and p.provider_id == "herd"
+    providers = {(p.api, p.provider_id, p.provider_type) for p in stack_client.providers.list()}
+    # inference (herd) and safety (the shield types the server has: code-shield is always there)
+    assert providers == {("inference", "herd", "inline::herd"), ("safety", "code-shield", "inline::code-shield")}
     assert stack_client.providers.retrieve("herd").provider_type == "inline::herd"
+    assert stack_client.providers.retrieve("code-shield").api == "safety"
     assert stack_client.inspect.health().status == "OK"
     assert stack_client.inspect.version().version
     routes = {(r.route, r.method) for r in stack_client.routes.list()}

@@ -113,6 +113,17 @@ def test_cli_flags_build_the_config(tmp_path):
     cfg.write_text("server: {port: 1234, api_keys: [file-key]}\nmodels: [{id: m, model: random:llama3.2-1b}]\n")
     c = build_config(_args("--config", str(cfg), "--api-key", "cli-key"), {})
     assert c.server.port == 1234 and c.server.api_keys == ("cli-key",) and c.models[0].id == "m"
+    cfg.write_text("server: {store_chat_completions: off}\nlimits: {max_waiting_requests: 5, request_timeout: 9}\n")
+    c = build_config(_args("--config", str(cfg), "--cors-origin", "http://a", "--cors-origin", "http://b",
+                           "--request-timeout", "30"), {})
+    assert c.server.cors_origins == ("http://a", "http://b") and c.server.store_chat_completions == "off"
+    assert c.limits.max_waiting_requests == 5 and c.limits.request_timeout == 30
+    for bad, words in (({"limits": {"max_waiting_requests": 0}}, "limits.max_waiting_requests"),
+                       ({"limits": {"retry_after": 0}}, "retry_after"),
+                       ({"server": {"header_timeout": -1}}, "server.header_timeout"),
+                       ({"limits": {"max_queue": 1}}, "'max_queue'")):
+        with pytest.raises(HerdError, match=words):
+            parse_config(bad)
     assert byte_size("512MiB") == 512 * 2**20 and byte_size("2GB") == 2 * 10**9
     with pytest.raises(argparse.ArgumentTypeError):
         byte_size("lots")
