@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install run chat test test-slow test-all clean bench
+.PHONY: install run chat test test-slow test-all reliability clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -32,7 +32,18 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 test-all: install
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu and not reliability"
+
+# The reliability suite of `herd serve` (RELIABILITY.md): schemathesis over /openapi.json, the bad-input
+# table, disconnects, a flood and the drain; ~5 minutes on 2 cores. -s: each test prints its figures.
+RELIABILITY_STAMP := $(VENV)/.stamp-reliability
+
+$(RELIABILITY_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev,reliability]'
+	touch $(RELIABILITY_STAMP)
+
+reliability: $(RELIABILITY_STAMP)
+	$(PY) -m pytest -q -s -m reliability tests/reliability
 
 # llama.cpp for the side-by-side benchmark: PyPI has only its source (~8 min to build). The
 # native build dies with SIGILL in its AMX kernels on these machines, so pick the ISA by hand.

@@ -99,15 +99,15 @@ def content_text(content: Any, where: str = "content") -> str:
             return content["text"]
         if kind in ("image", "image_url", "input_image"):
             return "<image>"  # as Llama Stack's interleaved_content_as_str
-        raise HerdError(f"{where}: unsupported content item of type {kind!r} (expected text or image)")
+        raise HerdError(f"{where}: unsupported content item of type {kind!r} (expected text or image)", where)
     if isinstance(content, (list, tuple)):
         return "".join(content_text(c, f"{where}[{i}]") for i, c in enumerate(content))
-    raise HerdError(f"{where} must be a string or content items, got {type(content).__name__}")
+    raise HerdError(f"{where} must be a string or content items, got {type(content).__name__}", where)
 
 
 def _tool_call(raw: Any, where: str) -> ToolCall:
     if not isinstance(raw, Mapping):
-        raise HerdError(f"{where} must be an object")
+        raise HerdError(f"{where} must be an object", where)
     fn = raw.get("function")
     if isinstance(fn, Mapping):  # OpenAI: {id, type, function: {name, arguments: str}}
         name, args, call_id = fn.get("name"), fn.get("arguments"), raw.get("id")
@@ -116,7 +116,7 @@ def _tool_call(raw: Any, where: str) -> ToolCall:
         if args is None and isinstance(raw.get("arguments_json"), str):
             args = raw["arguments_json"]
     if not isinstance(name, str) or not name:
-        raise HerdError(f"{where} has no tool name")
+        raise HerdError(f"{where} has no tool name", where)
     if isinstance(args, str):
         try:
             parsed = json.loads(args) if args.strip() else {}
@@ -126,16 +126,16 @@ def _tool_call(raw: Any, where: str) -> ToolCall:
     if args is None:
         args = {}
     if not isinstance(args, Mapping):
-        raise HerdError(f"{where}.arguments must be an object or a JSON string")
+        raise HerdError(f"{where}.arguments must be an object or a JSON string", f"{where}.arguments")
     return ToolCall(call_id if isinstance(call_id, str) and call_id else new_call_id(), name, dict(args))
 
 
 def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
     """OpenAI or Llama Stack (native) message dicts, or herd Messages, as herd Messages; bad input is a HerdError."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise HerdError("messages must be a list of messages")
+        raise HerdError("messages must be a list of messages", "messages")
     if not messages:
-        raise HerdError("messages must not be empty")
+        raise HerdError("messages must not be empty", "messages")
     out: list[Message] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -143,7 +143,7 @@ def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
             out.append(m)
             continue
         if not isinstance(m, Mapping):
-            raise HerdError(f"{where} must be an object with 'role' and 'content', got {type(m).__name__}")
+            raise HerdError(f"{where} must be an object with 'role' and 'content', got {type(m).__name__}", where)
         role = m.get("role")
         text = content_text(m.get("content"), f"{where}.content")
         if role in ("system", "developer"):
@@ -153,14 +153,14 @@ def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
         elif role == "assistant":
             calls = m.get("tool_calls") or []
             if not isinstance(calls, (list, tuple)):
-                raise HerdError(f"{where}.tool_calls must be a list")
+                raise HerdError(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
             out.append(Message("assistant", text,
                                tool_calls=[_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]))
         elif role in ("tool", "ipython"):
             call_id = m.get("tool_call_id", m.get("call_id"))
             out.append(Message("tool", text, call_id=call_id if isinstance(call_id, str) else None))
         else:
-            raise HerdError(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}")
+            raise HerdError(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}", f"{where}.role")
     return out
 
 
@@ -242,7 +242,8 @@ class UnknownShieldError(HerdError):
 
     def __init__(self, shield_id: str, available: Sequence[str]):
         self.shield_id, self.available = shield_id, list(available)
-        super().__init__(f"shield {shield_id!r} not found; available shields: {', '.join(available) or '(none)'}")
+        super().__init__(f"shield {shield_id!r} not found; available shields: {', '.join(available) or '(none)'}",
+                         "shield_id")
 
 
 class ShieldRegistry:

@@ -25,7 +25,7 @@ from herd.serve import completions as cmpl
 from herd.serve import oai, stack, stored
 from herd.serve import protocol as p
 from herd.serve.config import ServerConfig
-from herd.serve.errors import APIError, error_body
+from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.generation import CallContext
 from herd.serve.limits import Admission, Drain
 from herd.serve.metrics import Metrics
@@ -79,9 +79,7 @@ def _json_error(status: int, message: str, **kw: Any) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Every error is `{"error": {...}}` with the right status; bad input is never a 500."""
 
-    @app.exception_handler(APIError)
-    async def _api(_: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    app.add_exception_handler(APIError, api_error_response)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -228,13 +226,14 @@ async def stack_embeddings(body: p.StackEmbeddingsRequest, request: Request) -> 
 
 @stack_routes.post("/models")
 async def register_model(body: p.RegisterModelRequest, request: Request) -> dict[str, Any]:
-    """Registering a model that is served is a no-op; others are declared at startup (501)."""
+    """Registering a model that is served is a no-op; others are declared at startup (400)."""
     reg = _registry(request)
     try:
         return p.dump(reg.get(body.model_id, "model_id").card())
     except APIError:
-        raise APIError(501, f"herd serves the models named at startup (--model or the config's models:); "
-                            f"{body.model_id!r} is not one of {', '.join(reg.ids)}") from None
+        raise APIError(400, f"herd serves the models named at startup (--model or the config's models:) and "
+                            f"cannot register others; {body.model_id!r} is not one of {', '.join(reg.ids)}",
+                       param="model_id", code="model_not_served") from None
 
 
 @stack_routes.get("/health")

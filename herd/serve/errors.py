@@ -61,3 +61,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def not_found(message: str, param: str | None = None, code: str | None = None) -> APIError:
     """A 404."""
     return APIError(404, message, param=param, code=code)
+
+
+async def api_error_response(_: Any, e: APIError) -> Any:
+    """The FastAPI exception handler for APIError: its status, body and headers."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)

@@ -18,6 +18,13 @@ ERROR_SCHEMA: dict[str, Any] = {
             "detail": {"type": "string", "description": "the message again, for Llama Stack clients"},
         }}},
 }
+# with stream: true, each server-sent event (the schema describes one event, as OpenAPI tools read it)
+SSE_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"],
+    "description": "`data: <chunk JSON>` per chunk, an error as `data: {\"error\": ...}`, then `data: [DONE]`",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+                   "retry": {"type": "integer"}},
+}
 STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-completion", "/v1/inference/completion"}
 GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
@@ -31,7 +38,6 @@ REASONS = {
     415: "The request body is not JSON (Content-Type must be application/json)",
     429: "The model's queue is full (limits.max_waiting_requests / max_queued_tokens); see Retry-After",
     500: "An internal error (for one request: the engine failed it); the server log has the details",
-    501: "Not implemented: models are declared at startup",
     502: "A shield model answered something it should not",
     503: "The server is shutting down (draining); see Retry-After",
     504: "The request ran past limits.request_timeout",
@@ -59,8 +65,6 @@ def _statuses(path: str, method: str, op: dict[str, Any]) -> list[int]:
         out += [429, 504]
     if path in SHIELDED and method == "post":
         out.append(502)
-    if path == "/v1/models" and method == "post":
-        out.append(501)
     return sorted(out)
 
 
@@ -81,8 +85,6 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                 responses.setdefault(str(status), _error(status))
             if path in STREAMING and method == "post":
                 ok = responses.setdefault("200", {"description": "Successful Response"})
-                ok.setdefault("content", {})["text/event-stream"] = {"schema": {
-                    "type": "string", "description": "with stream: true, server-sent events: `data: <chunk JSON>` "
-                    "per chunk, an error as `data: {\"error\": ...}`, then `data: [DONE]`"}}
+                ok.setdefault("content", {})["text/event-stream"] = {"schema": SSE_EVENT}
     app.openapi_schema = schema
     return schema

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +22,7 @@ from herd.safety.shields import (
     UnknownShieldError,
     content_text,
 )
+from herd.serve.errors import APIError, api_error_response
 
 router = APIRouter(tags=["safety"])
 
@@ -95,14 +96,14 @@ def registry_of(request: Request) -> ShieldRegistry:
     return reg
 
 
-def _http_error(e: HerdError) -> HTTPException:
+def _http_error(e: HerdError, param: str | None = None) -> APIError:
     from herd.safety.llama_guard import GuardOutputError
 
     if isinstance(e, UnknownShieldError):
-        return HTTPException(404, str(e))
+        return APIError(404, str(e), param=param or e.param, code="shield_not_found")
     if isinstance(e, GuardOutputError):  # the guard model misbehaved, not the client
-        return HTTPException(502, str(e))
-    return HTTPException(400, str(e))
+        return APIError(502, str(e), code="shield_error")
+    return APIError(400, str(e), param=e.param)
 
 
 def _resource(reg: ShieldRegistry, shield_id: str) -> ShieldResource:
@@ -132,7 +133,7 @@ def _inputs(raw: str | list[Any]) -> list[str]:
     if isinstance(raw, str):
         return [raw]
     if not raw:
-        raise HerdError("input must not be empty")
+        raise HerdError("input must not be empty", "input")
     if all(isinstance(x, dict) for x in raw):  # multimodal items: one input, text parts joined
         return [content_text(raw, "input")]
     return [x if isinstance(x, str) else content_text(x, "input") for x in raw]
@@ -144,7 +145,7 @@ def moderate(reg: ShieldRegistry, body: ModerationRequest) -> ModerationResponse
         shield_id = _moderation_shield(reg, body.model)
         results: list[ModerationResult] = reg.get(shield_id).moderate(_inputs(body.input))
     except HerdError as e:
-        raise _http_error(e) from None
+        raise _http_error(e, "model") from None
     return ModerationResponse(id=f"modr-{uuid.uuid4()}", model=shield_id,
                               results=[ModerationResultModel(**r.to_dict()) for r in results])
 
@@ -196,4 +197,6 @@ def post_moderations(body: ModerationRequest, request: Request) -> ModerationRes
 def mount(app: FastAPI, registry: ShieldRegistry) -> None:
     """Attach the registry and the safety routes to an app."""
     app.state.shields = registry
+    if APIError not in app.exception_handlers:  # an app of its own (herd's app installs it already)
+        app.add_exception_handler(APIError, api_error_response)  # type: ignore[arg-type]
     app.include_router(router)

@@ -100,5 +100,6 @@ def test_register_served_model_is_a_no_op(http):
     r = http.post("/v1/models", json={"model_id": SMOL_ID})
     assert r.status_code == 200 and r.json()["identifier"] == SMOL_ID
     r = http.post("/v1/models", json={"model_id": "other"})
-    assert r.status_code == 501 and "--model" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "--model" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "model_id"
     assert API_KEY  # the shared client sends it
