@@ -149,9 +149,10 @@ def cmd_shield(args: argparse.Namespace) -> int:
     messages = _messages(args)
     if args.show_prompt:
         return _show_prompt(args, messages, params)
-    from herd.safety.shields import ShieldConfig, as_messages, build_shield
+    from herd.safety.shields import ShieldConfig, build_shield
+    from herd.tokenizer.messages import to_messages
 
-    as_messages(messages)  # bad input fails before a model loads
+    to_messages(messages, lenient=True)  # bad input fails before a model loads
     if args.shield == "llama-guard":
         params.update({k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None})
     elif args.shield == "prompt-guard" and args.device is not None:

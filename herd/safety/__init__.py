@@ -5,16 +5,13 @@
     registry.run("guard", [{"role": "user", "content": "..."}]).to_dict()   # {"violation": ...}
 """
 from herd.safety.shields import (
-    ModerationResult,
-    SafetyViolation,
-    Shield,
     ShieldConfig,
     ShieldRegistry,
-    ShieldResult,
     ShieldViolation,
     UnknownShieldError,
     check_messages,
 )
+from herd.safety.types import ModerationResult, SafetyViolation, Shield, ShieldResult
 
 __all__ = [
     "ModerationResult", "SafetyViolation", "Shield", "ShieldConfig", "ShieldRegistry", "ShieldResult",

@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from herd.errors import HerdError
-from herd.safety.shields import (
+from herd.safety.types import (
     MessageLike,
     ModerationResult,
     SafetyViolation,
     ShieldResult,
-    as_messages,
 )
+from herd.tokenizer.messages import to_messages
 
 CODE_SHIELD_REFUSAL = "Sorry, I found security concerns in the code."  # Llama Stack's message
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -75,7 +75,7 @@ def extract_code(messages: Sequence[MessageLike]) -> list[CodeSnippet]:
     """The code in a conversation: code_interpreter calls, fenced blocks, else each message's text."""
     langs = set(supported_languages())
     out: list[CodeSnippet] = []
-    for m in as_messages(messages):
+    for m in to_messages(messages, lenient=True):
         found: list[CodeSnippet] = []
         for call in m.tool_calls:
             code = call.arguments.get("code")

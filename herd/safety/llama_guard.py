@@ -25,14 +25,6 @@ from typing import Any, Literal
 
 from herd.config import ModelArgs
 from herd.errors import HerdError
-from herd.safety.shields import (
-    MessageLike,
-    ModerationResult,
-    SafetyViolation,
-    ShieldResult,
-    as_messages,
-    message_text,
-)
 from herd.safety.taxonomy import (
     BY_CODE,
     LLAMA_GUARD_REFUSAL,
@@ -40,7 +32,15 @@ from herd.safety.taxonomy import (
     guard_categories,
     parse_codes,
 )
-from herd.tokenizer.chat_format import ChatFormat, Message
+from herd.safety.types import (
+    MessageLike,
+    ModerationResult,
+    SafetyViolation,
+    ShieldResult,
+    message_text,
+)
+from herd.tokenizer.chat_format import ChatFormat
+from herd.tokenizer.messages import Message, to_messages
 from herd.tokenizer.templates import ChatTemplate
 from herd.tokenizer.tokenizer import Tokenizer
 
@@ -100,7 +100,7 @@ def guard_turns(messages: Sequence[MessageLike]) -> list[tuple[str, str]]:
     dropped (Llama Stack's rules); later system messages are dropped; tool results count as user-side
     input; consecutive turns of one side are joined with a blank line, so the turns alternate.
     """
-    msgs = as_messages(messages)
+    msgs = to_messages(messages, lenient=True)
     if msgs[0].role != "user":
         msgs[0] = Message("user", message_text(msgs[0]))
     if len(msgs) >= 2 and msgs[0].role == msgs[1].role == "user":

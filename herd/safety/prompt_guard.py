@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
-from herd.safety.shields import (
+from herd.safety.types import (
     MessageLike,
     ModerationResult,
     SafetyViolation,
     ShieldResult,
-    as_messages,
     message_text,
 )
+from herd.tokenizer.messages import to_messages
 
 GUARD_TYPES = ("injection", "jailbreak")
 PROMPT_GUARD_REFUSAL = "Sorry, I cannot do this."  # Llama Stack's message
@@ -160,7 +160,7 @@ class PromptGuard:
         return results
 
     def _targets(self, messages: Sequence[MessageLike]) -> list[str]:
-        msgs = as_messages(messages)
+        msgs = to_messages(messages, lenient=True)
         texts = [message_text(msgs[-1])]
         if self.guard_type == "injection":
             texts += [m.content for m in msgs[:-1] if m.role in ("tool", "ipython")]

@@ -1,4 +1,4 @@
-"""Shields: the `Shield` protocol, results in Llama Stack's shapes, message normalizing, and the registry.
+"""Shields: the `Shield` protocol, results in Llama Stack's shapes, and the registry.
 
 A shield looks at a conversation and returns `ShieldResult(violation=None | SafetyViolation)`,
 the `run-shield` response of Llama Stack; `moderate(texts)` gives one OpenAI moderation result
@@ -8,175 +8,24 @@ use, and `check_messages` runs several in turn for chat input/output screening.
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from herd.errors import HerdError
-from herd.tokenizer.chat_format import Message, ToolCall, new_call_id
+from herd.safety.types import (
+    MessageLike,
+    SafetyViolation,
+    Shield,
+    ShieldResult,
+)
+from herd.tokenizer.messages import to_messages
 
-ViolationLevel = Literal["info", "warn", "error"]
 ShieldType = Literal["llama-guard", "prompt-guard", "code-shield"]
 SHIELD_TYPES: tuple[str, ...] = ("llama-guard", "prompt-guard", "code-shield")
 DEFAULT_CODE_SHIELD_ID = "code-shield"
-MessageLike = Message | Mapping[str, Any]
-
-
-@dataclass
-class SafetyViolation:
-    """Llama Stack's SafetyViolation: level, the message to show the user, and metadata (codes, scores)."""
-
-    violation_level: ViolationLevel
-    user_message: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object Llama Stack returns."""
-        return {"violation_level": self.violation_level, "user_message": self.user_message,
-                "metadata": dict(self.metadata)}
-
-
-@dataclass
-class ShieldResult:
-    """Llama Stack's RunShieldResponse: `violation` is None when the content passed."""
-
-    violation: SafetyViolation | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """`{"violation": null | {...}}` exactly as `POST /v1/safety/run-shield` returns it."""
-        return {"violation": None if self.violation is None else self.violation.to_dict()}
-
-
-@dataclass
-class ModerationResult:
-    """One OpenAI moderation result (per input text), with Llama Stack's user_message/metadata extras."""
-
-    flagged: bool
-    categories: dict[str, bool]
-    category_scores: dict[str, float]
-    category_applied_input_types: dict[str, list[str]]
-    user_message: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of `results[i]` in `POST /v1/moderations`."""
-        return {"flagged": self.flagged, "categories": dict(self.categories),
-                "category_scores": dict(self.category_scores),
-                "category_applied_input_types": {k: list(v) for k, v in self.category_applied_input_types.items()},
-                "user_message": self.user_message, "metadata": dict(self.metadata)}
-
-
-@runtime_checkable
-class Shield(Protocol):
-    """What every shield offers: screen a conversation, or moderate plain texts."""
-
-    kind: str  # "llama-guard" | "prompt-guard" | "code-shield"
-
-    def run(self, messages: Sequence[MessageLike]) -> ShieldResult:
-        """Screen a conversation (OpenAI, Llama Stack or herd messages)."""
-        ...
-
-    def moderate(self, texts: Sequence[str]) -> list[ModerationResult]:
-        """One OpenAI moderation result per text."""
-        ...
-
-
-# ---- messages: OpenAI, Llama Stack native, or herd Messages -------------------------------
-
-
-def content_text(content: Any, where: str = "content") -> str:
-    """Interleaved content (str, text/image items, or a list of them) as text; images become '<image>'."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        kind = content.get("type")
-        if kind == "text" and isinstance(content.get("text"), str):
-            return content["text"]
-        if kind in ("image", "image_url", "input_image"):
-            return "<image>"  # as Llama Stack's interleaved_content_as_str
-        raise HerdError(f"{where}: unsupported content item of type {kind!r} (expected text or image)", where)
-    if isinstance(content, (list, tuple)):
-        return "".join(content_text(c, f"{where}[{i}]") for i, c in enumerate(content))
-    raise HerdError(f"{where} must be a string or content items, got {type(content).__name__}", where)
-
-
-def _tool_call(raw: Any, where: str) -> ToolCall:
-    if not isinstance(raw, Mapping):
-        raise HerdError(f"{where} must be an object", where)
-    fn = raw.get("function")
-    if isinstance(fn, Mapping):  # OpenAI: {id, type, function: {name, arguments: str}}
-        name, args, call_id = fn.get("name"), fn.get("arguments"), raw.get("id")
-    else:  # Llama Stack: {call_id, tool_name, arguments: dict | str, arguments_json?}
-        name, args, call_id = raw.get("tool_name"), raw.get("arguments"), raw.get("call_id")
-        if args is None and isinstance(raw.get("arguments_json"), str):
-            args = raw["arguments_json"]
-    if not isinstance(name, str) or not name:
-        raise HerdError(f"{where} has no tool name", where)
-    if isinstance(args, str):
-        try:
-            parsed = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            parsed = {"arguments": args}  # keep unparsable arguments as text, still visible to the shields
-        args = parsed if isinstance(parsed, dict) else {"arguments": parsed}
-    if args is None:
-        args = {}
-    if not isinstance(args, Mapping):
-        raise HerdError(f"{where}.arguments must be an object or a JSON string", f"{where}.arguments")
-    return ToolCall(call_id if isinstance(call_id, str) and call_id else new_call_id(), name, dict(args))
-
-
-def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
-    """OpenAI or Llama Stack (native) message dicts, or herd Messages, as herd Messages; bad input is a HerdError."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise HerdError("messages must be a list of messages", "messages")
-    if not messages:
-        raise HerdError("messages must not be empty", "messages")
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if isinstance(m, Message):
-            out.append(m)
-            continue
-        if not isinstance(m, Mapping):
-            raise HerdError(f"{where} must be an object with 'role' and 'content', got {type(m).__name__}", where)
-        role = m.get("role")
-        text = content_text(m.get("content"), f"{where}.content")
-        if role in ("system", "developer"):
-            out.append(Message("system", text))
-        elif role == "user":
-            out.append(Message("user", text))
-        elif role == "assistant":
-            calls = m.get("tool_calls") or []
-            if not isinstance(calls, (list, tuple)):
-                raise HerdError(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
-            out.append(Message("assistant", text,
-                               tool_calls=[_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]))
-        elif role in ("tool", "ipython"):
-            call_id = m.get("tool_call_id", m.get("call_id"))
-            out.append(Message("tool", text, call_id=call_id if isinstance(call_id, str) else None))
-        else:
-            raise HerdError(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}", f"{where}.role")
-    return out
-
-
-def tool_call_text(call: ToolCall) -> str:
-    """A tool call as the text a guard reads: the code of a code_interpreter call, else JSON."""
-    code = call.arguments.get("code")
-    if call.tool_name == "code_interpreter" and isinstance(code, str):
-        return code
-    return json.dumps({"name": call.tool_name, "parameters": call.arguments}, ensure_ascii=False)
-
-
-def message_text(message: Message) -> str:
-    """Everything a message says: its content, then its tool calls (one per line)."""
-    parts = [message.content] if message.content else []
-    parts += [tool_call_text(c) for c in message.tool_calls]
-    return "\n".join(parts)
 
 
 # ---- configuration and registry ------------------------------------------------------------
@@ -341,7 +190,7 @@ def check_messages(shields: Mapping[str, Shield] | Sequence[tuple[str, Shield]],
                    messages: Sequence[MessageLike]) -> ShieldViolation | None:
     """Run shields in order on a conversation; the first blocking (level "error") violation, or None."""
     items = list(shields.items()) if isinstance(shields, Mapping) else list(shields)
-    msgs = as_messages(messages)
+    msgs = to_messages(messages, lenient=True)
     for sid, shield in items:
         result = shield.run(msgs)
         if result.violation is not None and result.violation.violation_level == "error":

@@ -36,7 +36,7 @@ from herd.serve.generation import (
     until_disconnected,
 )
 from herd.serve.models import LLMModel
-from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
+from herd.tokenizer.messages import Message, ToolCall, ToolDefinition, to_tools
 
 # what a reply that is (or may become) a tool call starts with, in the formats herd parses
 TOOL_STARTS = ("<|python_tag|>", "<function=", "<tool_call>", "{", "[")
@@ -120,12 +120,7 @@ def plan_chat(
     request_id: str,
 ) -> ChatPlan:
     """Render the prompt, pick the grammar, check the context budget: everything before the engine."""
-    from herd.tokenizer.prompter import as_tools
-
-    try:
-        tool_defs = as_tools(list(tools) if tools else None) or []
-    except HerdError as e:
-        raise bad_request(str(e), "tools") from None
+    tool_defs = to_tools(tools)
     choice = tool_choice_value(tool_choice, tool_defs)
     forced = choice not in ("auto", "none")
     fmt = response_format_of(response_format)
@@ -139,8 +134,7 @@ def plan_chat(
                                        tool_prompt_format=tool_prompt_format or model.spec.tool_prompt_format,
                                        tool_choice=choice)
     except HerdError as e:
-        msg = str(e)
-        raise bad_request(msg, "messages" if "message" in msg else "tools" if "tool" in msg else None) from None
+        raise bad_request(str(e), e.param) from None
     max_tokens = check_budget(model, len(ids), max_tokens, max_tokens_param)
     parse = bool(tool_defs) and choice != "none" and (forced or fmt is None)
     # a reply that may be a tool call keeps its control tokens (<|python_tag|>) for the parser

@@ -25,6 +25,7 @@ from herd.serve.generation import (
     until_disconnected,
 )
 from herd.serve.models import LLMModel, ModelRegistry
+from herd.tokenizer.messages import plain_text
 
 
 def encode_prompt(model: LLMModel, prompt: str | Sequence[int], param: str = "prompt") -> list[int]:
@@ -189,12 +190,12 @@ async def completions(req: p.CompletionRequest, registry: ModelRegistry, ctx: Ca
 async def stack_completion(req: p.StackCompletionRequest, registry: ModelRegistry, ctx: CallContext,
                            sampling: dict[str, Any], max_tokens: int | None) -> Any:
     """POST /v1/inference/completion: a CompletionResponse dict, or an async iterator of chunk dicts."""
-    from herd.serve.stack import interleaved_text, stack_logprobs
+    from herd.serve.stack import stack_logprobs
 
     model = registry.llm(req.model_id, "model_id")
     ctx.precheck(model.id)
     ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")
-    ids = await asyncio.to_thread(encode_prompt, model, interleaved_text(req.content, "content"), "content")
+    ids = await asyncio.to_thread(encode_prompt, model, plain_text(req.content, "content"), "content")
     k = req.logprobs.top_k if req.logprobs else None
     budget = check_budget(model, len(ids), max_tokens, "sampling_params.max_tokens", "content")
     params = sampling_params(max_tokens=budget, response_format=response_format_of(req.response_format),

@@ -32,48 +32,13 @@ from herd.serve.generation import (
 )
 from herd.serve.models import ModelRegistry
 from herd.serve.stored import ChatCompletionStore, StreamAssembler, save_completion
-
-_UNSUPPORTED_PART = "this server's models read text only"
+from herd.tokenizer.messages import to_messages, to_tools
 
 
 def usage_out(u: Usage) -> p.Usage:
     """OpenAI usage, with cached prompt tokens in prompt_tokens_details."""
     return p.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                    total_tokens=u.total_tokens, prompt_tokens_details={"cached_tokens": u.cached_tokens})
-
-
-def messages_in(messages: list[p.ChatMessageIn]) -> list[dict[str, Any]]:
-    """Request messages as the plain OpenAI dicts herd's prompt format reads; non-text parts are 400s."""
-    out = []
-    for i, m in enumerate(messages):
-        d = m.model_dump(exclude_none=True)
-        if isinstance(m.content, list):
-            for j, part in enumerate(m.content):
-                if part.type != "text" or part.text is None:
-                    raise bad_request(f"messages[{i}].content[{j}]: {part.type!r} parts are not supported "
-                                      f"({_UNSUPPORTED_PART}); send {{'type': 'text', 'text': ...}}",
-                                      f"messages[{i}].content[{j}].type")
-            d["content"] = [{"type": "text", "text": part.text} for part in m.content]
-        if m.role == "assistant" and m.tool_calls:
-            d["tool_calls"] = [{"id": c.id, "type": "function", "function": c.function.model_dump()}
-                               for c in m.tool_calls]
-        out.append(d)
-    return out
-
-
-def tools_in(tools: list[p.ToolIn] | None) -> list[dict[str, Any]] | None:
-    """Request tools as OpenAI dicts (built-ins as {"type": "brave_search"})."""
-    if not tools:
-        return None
-    out = []
-    for i, t in enumerate(tools):
-        if t.type == "function":
-            if t.function is None:
-                raise bad_request(f"tools[{i}].function is required for type 'function'", f"tools[{i}].function")
-            out.append({"type": "function", "function": t.function.model_dump(exclude_none=True)})
-        else:
-            out.append({"type": t.type})
-    return out
 
 
 def chat_sampling(req: p.ChatCompletionRequest) -> dict[str, Any]:
@@ -118,10 +83,10 @@ async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry
     shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
     max_tokens, param = (req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens \
         else (req.max_tokens, "max_tokens")
-    messages = messages_in(req.messages)
+    messages, tools = to_messages(req.messages), to_tools(req.tools)  # HerdErrors: 400s naming the field
     ctx.cap(len(req.stop) if isinstance(req.stop, list) else 0, "max_stop_strings", "stop", "stop strings")
     plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
-        plan_chat, model, messages, tools=tools_in(req.tools), tool_choice=req.tool_choice,
+        plan_chat, model, messages, tools=tools, tool_choice=req.tool_choice,
         tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
         max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))

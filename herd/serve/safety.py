@@ -15,14 +15,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from herd.errors import HerdError
-from herd.safety.shields import (
-    ModerationResult,
-    ShieldRegistry,
-    ShieldViolation,
-    UnknownShieldError,
-    content_text,
-)
+from herd.safety.shields import ShieldRegistry, ShieldViolation, UnknownShieldError
+from herd.safety.types import ModerationResult
 from herd.serve.errors import APIError, api_error_response
+from herd.tokenizer.messages import plain_text
 
 router = APIRouter(tags=["safety"])
 
@@ -135,8 +131,8 @@ def _inputs(raw: str | list[Any]) -> list[str]:
     if not raw:
         raise HerdError("input must not be empty", "input")
     if all(isinstance(x, dict) for x in raw):  # multimodal items: one input, text parts joined
-        return [content_text(raw, "input")]
-    return [x if isinstance(x, str) else content_text(x, "input") for x in raw]
+        return [plain_text(raw, "input", lenient=True)]
+    return [x if isinstance(x, str) else plain_text(x, f"input[{i}]", lenient=True) for i, x in enumerate(raw)]
 
 
 def moderate(reg: ShieldRegistry, body: ModerationRequest) -> ModerationResponse:

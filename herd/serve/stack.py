@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,6 @@ from herd.serve.chat import (
     stream_chat,
 )
 from herd.serve.embeddings import check_dimensions, embed, texts_from_input
-from herd.serve.errors import bad_request
 from herd.serve.generation import (
     CallContext,
     LogprobEntry,
@@ -25,96 +23,7 @@ from herd.serve.generation import (
     token_text,
 )
 from herd.serve.models import LLMModel, ModelRegistry
-from herd.tokenizer.chat_format import (
-    BUILTIN_TOOLS,
-    Message,
-    ToolCall,
-    ToolDefinition,
-    new_call_id,
-)
-
-_JSON_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
-               "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "array": "array",
-               "dict": "object", "object": "object"}
-
-
-def interleaved_text(content: Any, where: str) -> str:
-    """Llama Stack InterleavedContent (str, {"type": "text"}, or a list of them) as text; images are 400s."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    items = content if isinstance(content, list) else [content]
-    texts = []
-    for j, item in enumerate(items):
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
-            texts.append(item["text"])
-        else:
-            kind = item.get("type") if isinstance(item, dict) else type(item).__name__
-            raise bad_request(f"{where}[{j}]: {kind!r} content is not supported (this server's models read text "
-                              f"only); send a string or {{'type': 'text', 'text': ...}}", where)
-    return "".join(texts)
-
-
-def _arguments(call: p.StackToolCall, where: str) -> dict[str, Any]:
-    if isinstance(call.arguments, dict):
-        return call.arguments
-    raw = call.arguments_json or call.arguments
-    try:
-        args = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
-        if call.tool_name == "code_interpreter":
-            return {"code": raw}
-        raise bad_request(f"{where}.arguments is not a JSON object", f"{where}.arguments") from None
-    if not isinstance(args, dict):
-        raise bad_request(f"{where}.arguments must be a JSON object", f"{where}.arguments")
-    return args
-
-
-def messages_in(messages: list[p.StackMessage]) -> list[Message]:
-    """Native messages to herd Messages (tool results keep their call_id)."""
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        text = interleaved_text(m.content, f"{where}.content")
-        if m.role == "user":
-            ctx = interleaved_text(m.context, f"{where}.context") if m.context is not None else None
-            out.append(Message("user", text, context=ctx))
-        elif m.role == "system":
-            out.append(Message("system", text))
-        elif m.role in ("tool", "ipython"):
-            out.append(Message("tool", text, call_id=m.call_id))
-        else:
-            calls = [ToolCall(c.call_id or new_call_id(), c.tool_name, _arguments(c, f"{where}.tool_calls[{j}]"))
-                     for j, c in enumerate(m.tool_calls or [])]
-            out.append(Message("assistant", text, tool_calls=calls, stop_reason=m.stop_reason))
-    return out
-
-
-def tools_in(tools: list[p.StackTool] | None) -> list[ToolDefinition]:
-    """Native tool definitions ({param_type, description, required} per parameter) as JSON-schema tools."""
-    out = []
-    for t in tools or []:
-        if t.tool_name in BUILTIN_TOOLS:
-            out.append(ToolDefinition(t.tool_name))
-            continue
-        schema = t.input_schema
-        if schema is None:
-            props, required = {}, []
-            for name, prm in (t.parameters or {}).items():
-                prop: dict[str, Any] = {"description": prm.description or ""}
-                if prm.param_type.lower() in _JSON_TYPES:
-                    prop["type"] = _JSON_TYPES[prm.param_type.lower()]
-                if prm.default is not None:
-                    prop["default"] = prm.default
-                props[name] = prop
-                if prm.required:
-                    required.append(name)
-            schema = {"type": "object", "properties": props, "required": required}
-        out.append(ToolDefinition(t.tool_name, t.description or "", schema))
-    return out
+from herd.tokenizer.messages import ToolCall, to_messages, to_tools
 
 
 def sampling_in(sp: p.StackSamplingParams | None) -> tuple[dict[str, Any], int | None]:
@@ -154,9 +63,9 @@ async def chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx:
     sampling, max_tokens = sampling_in(req.sampling_params)
     ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")
     k = req.logprobs.top_k if req.logprobs else None
-    messages = messages_in(req.messages)
+    messages, tools = to_messages(req.messages), to_tools(req.tools)  # HerdErrors: 400s naming the field
     plan = await asyncio.to_thread(
-        plan_chat, model, messages, tools=tools_in(req.tools), tool_choice=tool_choice,
+        plan_chat, model, messages, tools=tools, tool_choice=tool_choice,
         tool_prompt_format=cfg.tool_prompt_format or req.tool_prompt_format, response_format=req.response_format,
         max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
         request_id=ctx.request_id)

@@ -10,186 +10,28 @@ from __future__ import annotations
 import ast
 import json
 import re
-import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, get_args
 
 from herd.errors import HerdError
+from herd.tokenizer.messages import (
+    BUILTIN_TOOLS,
+    Message,
+    Role,
+    StopReason,
+    ToolCall,
+    ToolDefinition,
+    new_call_id,
+)
 from herd.tokenizer.tokenizer import Tokenizer
 
-Role = Literal["system", "user", "assistant", "tool", "ipython"]
-StopReason = Literal["end_of_turn", "end_of_message", "out_of_tokens"]
 ToolPromptFormat = Literal["json", "function_tag", "python_list"]
 
-BUILTIN_TOOLS = ("brave_search", "wolfram_alpha", "photogen", "code_interpreter")  # names the model knows
-PROMPT_BUILTIN_TOOLS = ("brave_search", "wolfram_alpha", "code_interpreter")  # the ones a request may enable
 KNOWLEDGE_CUTOFF = "December 2023"
 PYTHON_TAG = "<|python_tag|>"
-
-
-def new_call_id() -> str:
-    """A fresh tool-call id (uuid4 string)."""
-    return str(uuid.uuid4())
-
-
-@dataclass
-class ToolCall:
-    """One tool call made by the assistant; builtin tools take {"query"} or {"code"}."""
-
-    call_id: str
-    tool_name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_builtin(self) -> bool:
-        """True for brave_search / wolfram_alpha / photogen / code_interpreter."""
-        return self.tool_name in BUILTIN_TOOLS
-
-    def to_openai(self) -> dict[str, Any]:
-        """The OpenAI `tool_calls[i]` shape (arguments as a JSON string)."""
-        return {
-            "id": self.call_id,
-            "type": "function",
-            "function": {"name": self.tool_name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
-        }
-
-
-@dataclass
-class ToolDefinition:
-    """A tool offered to the model; `parameters` is a JSON schema ({"type":"object","properties":...})."""
-
-    tool_name: str
-    description: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_builtin(self) -> bool:
-        """True for the built-in tools (rendered on the "Tools:" line, not as custom functions)."""
-        return self.tool_name in BUILTIN_TOOLS
-
-
-@dataclass
-class Message:
-    """One chat message; `tool`/`ipython` carry tool results, `context` is appended to user content."""
-
-    role: Role
-    content: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    stop_reason: StopReason | None = None
-    context: str | None = None
-    call_id: str | None = None
-
-    def to_openai(self) -> dict[str, Any]:
-        """The OpenAI chat message shape (assistant: content None when only tool calls)."""
-        if self.role == "assistant":
-            out: dict[str, Any] = {"role": "assistant", "content": self.content}
-            if self.tool_calls:
-                out["content"] = self.content or None
-                out["tool_calls"] = [t.to_openai() for t in self.tool_calls]
-            return out
-        if self.role in ("tool", "ipython"):
-            return {"role": "tool", "tool_call_id": self.call_id, "content": self.content}
-        return {"role": self.role, "content": self.content}
-
-
-def openai_finish_reason(message: Message) -> str:
-    """OpenAI `finish_reason` for a decoded assistant message: tool_calls, stop or length."""
-    if message.tool_calls:
-        return "tool_calls"
-    return "length" if message.stop_reason == "out_of_tokens" else "stop"
-
-
-# ---- OpenAI-style input -------------------------------------------------------------------
-
-
-def _text_content(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise HerdError(f"{where}.content must be a string or a list of text parts, got {type(content).__name__}")
-    texts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise HerdError(f"{where}.content[{j}] must be {{'type': 'text', 'text': str}}, got {kind!r}")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def _call_from_openai(raw: Any, where: str) -> ToolCall:
-    fn = raw.get("function") if isinstance(raw, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-        raise HerdError(f"{where} must be {{'type': 'function', 'function': {{'name': str, 'arguments': str}}}}")
-    args = fn.get("arguments", "{}")
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
-            raise HerdError(f"{where}.function.arguments is not valid JSON: {e}") from None
-    if not isinstance(args, dict):
-        raise HerdError(f"{where}.function.arguments must be a JSON object, got {type(args).__name__}")
-    call_id = raw.get("id")
-    return ToolCall(call_id if isinstance(call_id, str) and call_id else new_call_id(), fn["name"], args)
-
-
-def messages_from_openai(messages: Sequence[dict[str, Any]]) -> list[Message]:
-    """Convert OpenAI chat messages (system/developer/user/assistant/tool) to `Message`s."""
-    if not isinstance(messages, (list, tuple)):
-        raise HerdError(f"messages must be a list, got {type(messages).__name__}")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise HerdError(f"{where} must be an object with 'role' and 'content', got {type(m).__name__}")
-        role = m.get("role")
-        text = _text_content(m.get("content"), where)
-        if role in ("system", "developer"):
-            out.append(Message("system", text))
-        elif role == "user":
-            out.append(Message("user", text))
-        elif role == "assistant":
-            raw_calls = m.get("tool_calls") or []
-            if not isinstance(raw_calls, list):
-                raise HerdError(f"{where}.tool_calls must be a list")
-            calls = [_call_from_openai(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(raw_calls)]
-            out.append(Message("assistant", text, tool_calls=calls))
-        elif role in ("tool", "ipython"):
-            call_id = m.get("tool_call_id")
-            out.append(Message("tool", text, call_id=call_id if isinstance(call_id, str) else None))
-        else:
-            raise HerdError(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}")
-    return out
-
-
-def tools_from_openai(tools: Sequence[dict[str, Any]]) -> list[ToolDefinition]:
-    """Convert OpenAI tools ({"type":"function","function":{...}}) and builtins ({"type":"brave_search"})."""
-    if not isinstance(tools, (list, tuple)):
-        raise HerdError(f"tools must be a list, got {type(tools).__name__}")
-    out = []
-    for i, t in enumerate(tools):
-        kind = t.get("type") if isinstance(t, dict) else None
-        if kind in PROMPT_BUILTIN_TOOLS:
-            out.append(ToolDefinition(kind))
-            continue
-        fn = t.get("function") if kind == "function" else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise HerdError(
-                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}} or one of "
-                f"{', '.join(PROMPT_BUILTIN_TOOLS)}, got type {kind!r}"
-            )
-        params = fn.get("parameters") or {}
-        if not isinstance(params, dict) or not isinstance(params.get("properties", {}), dict):
-            raise HerdError(f"tools[{i}].function.parameters must be a JSON schema object with 'properties'")
-        desc = fn.get("description") or ""
-        if not isinstance(desc, str):
-            raise HerdError(f"tools[{i}].function.description must be a string")
-        out.append(ToolDefinition(fn["name"], desc, params))
-    return out
 
 
 # ---- system-prompt pieces (text identical to the llama-models / llama-stack generators) ---

@@ -6,52 +6,19 @@ from datetime import date
 from typing import Any
 
 from herd.errors import HerdError
-from herd.tokenizer.chat_format import (
-    ChatFormat,
+from herd.tokenizer.chat_format import ChatFormat
+from herd.tokenizer.messages import (
     Message,
     StopReason,
     ToolDefinition,
-    messages_from_openai,
-    tools_from_openai,
+    to_messages,
+    to_tools,
 )
 from herd.tokenizer.templates import ChatTemplate, parse_json_tool_calls
 from herd.tokenizer.tokenizer import Tokenizer
 
 MessageLike = Message | Mapping[str, Any]
 ToolLike = ToolDefinition | Mapping[str, Any]
-
-
-def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
-    """OpenAI-style dicts or herd Messages (mixed) to Messages."""
-    if not messages:
-        raise HerdError("messages must be a non-empty list")
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        if isinstance(m, Message):
-            out.append(m)
-        elif isinstance(m, Mapping):
-            try:
-                out.extend(messages_from_openai([dict(m)]))
-            except HerdError as e:  # re-point the index at the caller's list
-                raise HerdError(str(e).replace("messages[0]", f"messages[{i}]", 1)) from None
-        else:
-            raise HerdError(f"messages[{i}] must be an object, got {type(m).__name__}")
-    return out
-
-
-def as_tools(tools: Sequence[ToolLike] | None) -> list[ToolDefinition] | None:
-    if not tools:
-        return None
-    if all(isinstance(t, ToolDefinition) for t in tools):
-        return list(tools)  # type: ignore[arg-type]
-    return tools_from_openai([t if isinstance(t, Mapping) else _tool_dict(t) for t in tools])
-
-
-def _tool_dict(t: ToolDefinition) -> dict[str, Any]:
-    if t.is_builtin:
-        return {"type": t.tool_name}
-    fn = {"name": t.tool_name, "description": t.description, "parameters": t.parameters}
-    return {"type": "function", "function": fn}
 
 
 class Prompter:
@@ -81,7 +48,7 @@ class Prompter:
         today: date | None = None,
     ) -> tuple[str, list[int]]:
         """The exact prompt text and its token ids."""
-        msgs, tool_defs = as_messages(messages), as_tools(tools)
+        msgs, tool_defs = to_messages(messages), to_tools(tools) or None
         if self.chat_format is not None:
             kw = dict(today=today, tool_choice=tool_choice, add_generation_prompt=add_generation_prompt)
             ids = self.chat_format.encode_dialog_prompt(msgs, tool_defs, tool_prompt_format, **kw)
@@ -92,7 +59,7 @@ class Prompter:
         # a template that ignores `tools` gets them as a system-prompt block (see herd.tokenizer.templates);
         # the text messages and tools carry is marked literal: its special-token text stays plain text
         tok = self.tokenizer
-        text = self.template.render(messages, tool_defs if tool_choice != "none" else None,
+        text = self.template.render(msgs, tool_defs if tool_choice != "none" else None,
                                     add_generation_prompt=add_generation_prompt, tool_choice=tool_choice,
                                     literal=tok.mark_literal)
         return tok.unmark(text), tok.encode_marked(text)

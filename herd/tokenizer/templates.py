@@ -55,7 +55,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from herd.errors import HerdError
-from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition, new_call_id
+from herd.tokenizer.messages import Message, ToolCall, ToolDefinition, new_call_id
 from herd.tokenizer.tokenizer import Tokenizer
 
 

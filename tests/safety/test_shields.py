@@ -7,17 +7,9 @@ from typing import Any
 import pytest
 
 from herd.errors import HerdError
-from herd.safety.shields import (
-    ModerationResult,
-    SafetyViolation,
-    ShieldConfig,
-    ShieldRegistry,
-    ShieldResult,
-    UnknownShieldError,
-    as_messages,
-    check_messages,
-    message_text,
-)
+from herd.safety.shields import ShieldConfig, ShieldRegistry, UnknownShieldError, check_messages
+from herd.safety.types import ModerationResult, SafetyViolation, ShieldResult, message_text
+from herd.tokenizer.messages import to_messages
 
 
 class Flags:
@@ -30,7 +22,7 @@ class Flags:
 
     def run(self, messages: Sequence[Any]) -> ShieldResult:
         self.calls += 1
-        text = message_text(as_messages(messages)[-1])
+        text = message_text(to_messages(messages, lenient=True)[-1])
         return ShieldResult(SafetyViolation(self.level, f"no {self.word}", {"violation_type": self.word})
                             if self.word in text else None)
 
@@ -92,7 +84,7 @@ def test_check_messages_returns_the_first_blocking_violation() -> None:
 
 
 def test_messages_openai_and_llama_stack_shapes() -> None:
-    msgs = as_messages([
+    msgs = to_messages([
         {"role": "system", "content": "sys"},
         {"role": "user", "content": [{"type": "text", "text": "look "}, {"type": "image_url", "image_url": {"url": "x"}}]},
         {"role": "user", "content": {"type": "text", "text": "native item"}, "context": None},
@@ -101,7 +93,7 @@ def test_messages_openai_and_llama_stack_shapes() -> None:
         {"role": "tool", "call_id": "c", "content": [{"type": "text", "text": "result"}]},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "d", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
-    ])
+    ], lenient=True)
     assert [m.role for m in msgs] == ["system", "user", "user", "assistant", "tool", "assistant"]
     assert msgs[1].content == "look <image>" and msgs[2].content == "native item"
     assert message_text(msgs[3]) == '{"name": "brave_search", "parameters": {"query": "q"}}'
@@ -110,4 +102,4 @@ def test_messages_openai_and_llama_stack_shapes() -> None:
                      "role must be"), ([{"role": "user", "content": [{"type": "audio"}]}], "unsupported content"),
                      ([3], "must be an object")]:
         with pytest.raises(HerdError, match=msg):
-            as_messages(bad)
+            to_messages(bad, lenient=True)

@@ -90,16 +90,18 @@ def _text_prompt(n: int) -> str:
     return text
 
 
+@pytest.mark.parametrize("n", [n if n == 5000 else pytest.param(n, marks=pytest.mark.slow) for n in LENGTHS])
 @pytest.mark.parametrize("quantize", PRECISIONS)
-def test_long_prompts_through_the_cli(tiny_dir: Path, quantize: str) -> None:
+def test_long_prompts_through_the_cli(tiny_dir: Path, quantize: str, n: int) -> None:
+    """5000 tokens for every precision by default; every length with make test-slow."""
     from herd import LLM
     from herd.engine.request import SamplingParams
 
-    text = _text_prompt(5000)
+    text = _text_prompt(n)
     want = LLM(str(tiny_dir), quantize=quantize).generate(
         text, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), use_tqdm=False)[0].text
     r = subprocess.run([sys.executable, "-m", "herd.cli.main", "generate", "--model", str(tiny_dir), "--raw",
                         "--quantize", quantize, "--prompt", text, "--max-tokens", str(MAX_TOKENS), "--temperature", "0"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr and r.stdout.strip() == want.strip()
+    assert want.strip() and "Traceback" not in r.stderr and r.stdout.strip() == want.strip()

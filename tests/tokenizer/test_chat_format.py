@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 import re
 import uuid
@@ -18,17 +17,8 @@ from llama_models.llama3.chat_format import ChatFormat as RefChatFormat
 from llama_models.llama3.tokenizer import Tokenizer as RefTokenizer
 
 from herd.errors import HerdError
-from herd.tokenizer.chat_format import (
-    ChatFormat,
-    Message,
-    ToolCall,
-    ToolDefinition,
-    compose_dialog,
-    messages_from_openai,
-    openai_finish_reason,
-    tool_response_text,
-    tools_from_openai,
-)
+from herd.tokenizer.chat_format import ChatFormat, compose_dialog, tool_response_text
+from herd.tokenizer.messages import Message, ToolCall, ToolDefinition
 from herd.tokenizer.tokenizer import Llama3Tokenizer
 
 LLAMA_MODELS = Path(importlib.util.find_spec("llama_models").submodule_search_locations[0])
@@ -441,87 +431,3 @@ def test_encode_decode_round_trip(cf: ChatFormat, fmt: str) -> None:
         m = Message("assistant", "", [call], stop_reason="end_of_turn")
         back = cf.decode_assistant_message(render_reply(cf, m, fmt))
         assert _calls(back) == [(call.tool_name, call.arguments)]
-
-
-# ---- OpenAI shapes ------------------------------------------------------------------------
-
-
-def test_messages_from_openai() -> None:
-    msgs = messages_from_openai([
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"type": "function", "function": {"name": "brave_search", "arguments": {"query": "q"}}},
-            {"id": "call_3", "type": "function", "function": {"name": "noargs", "arguments": ""}},
-        ]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
-        {"role": "assistant", "content": "Done."},
-    ])
-    assert msgs[0] == Message("system", "Be brief.") and msgs[1] == Message("user", "Hi there")
-    calls = msgs[2].tool_calls
-    assert [(c.call_id, c.tool_name, c.arguments) for c in (calls[0], calls[2])] == [
-        ("call_1", "get_weather", {"city": "Paris"}), ("call_3", "noargs", {})]
-    assert calls[1].is_builtin and uuid.UUID(calls[1].call_id).version == 4
-    assert msgs[2].content == "" and msgs[2].stop_reason is None
-    assert msgs[3] == Message("tool", "21 C", call_id="call_1") and msgs[4] == Message("assistant", "Done.")
-
-
-@pytest.mark.parametrize("bad,match", [
-    ({"role": "user"}, "messages must be a list"),
-    (["hi"], r"messages\[0\] must be an object"),
-    ([{"role": "robot", "content": "x"}], r"messages\[0\].role"),
-    ([{"role": "user", "content": 3}], r"messages\[0\].content must be"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], r"content\[0\].*'image_url'"),
-    ([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{x"}}]}],
-     r"tool_calls\[0\].function.arguments is not valid JSON"),
-    ([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "[1]"}}]}],
-     "must be a JSON object"),
-    ([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": "{}"}}]}], r"tool_calls\[0\] must be"),
-    ([{"role": "assistant", "tool_calls": {"a": 1}}], "tool_calls must be a list"),
-])
-def test_messages_from_openai_errors(bad: object, match: str) -> None:
-    with pytest.raises(HerdError, match=match) as e:
-        messages_from_openai(bad)  # type: ignore[arg-type]
-    assert "\n" not in str(e.value)
-
-
-def test_tools_from_openai() -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    tools = tools_from_openai([
-        {"type": "function", "function": {"name": "get_weather", "description": "W", "parameters": schema}},
-        {"type": "function", "function": {"name": "ping"}},
-        {"type": "brave_search"}, {"type": "wolfram_alpha"}, {"type": "code_interpreter"},
-    ])
-    assert tools[0] == ToolDefinition("get_weather", "W", schema) and tools[1] == ToolDefinition("ping")
-    assert [t.tool_name for t in tools[2:]] == ["brave_search", "wolfram_alpha", "code_interpreter"]
-    assert all(t.is_builtin for t in tools[2:]) and not tools[0].is_builtin
-
-
-@pytest.mark.parametrize("bad,match", [
-    ({"type": "function"}, "tools must be a list"),
-    ([{"type": "photogen"}], r"tools\[0\] must be .*'photogen'"),
-    ([{"type": "retrieval"}], r"tools\[0\]"),
-    ([{"type": "function", "function": {"description": "no name"}}], r"tools\[0\]"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"properties": [1]}}}], "JSON schema"),
-    ([{"type": "function", "function": {"name": "f", "description": 3}}], "description must be a string"),
-    (["f"], r"tools\[0\]"),
-])
-def test_tools_from_openai_errors(bad: object, match: str) -> None:
-    with pytest.raises(HerdError, match=match):
-        tools_from_openai(bad)  # type: ignore[arg-type]
-
-
-def test_to_openai_round_trip(cf: ChatFormat) -> None:
-    m = cf.decode_assistant_message('<function=get_weather>{"city": "Paris"}</function><|eot_id|>')
-    out = m.to_openai()
-    assert out["content"] is None and out["tool_calls"][0]["type"] == "function"
-    assert out["tool_calls"][0]["id"] == m.tool_calls[0].call_id
-    assert json.loads(out["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
-    assert messages_from_openai([out])[0].tool_calls == m.tool_calls
-    assert openai_finish_reason(m) == "tool_calls"
-    assert openai_finish_reason(Message("assistant", "x", stop_reason="out_of_tokens")) == "length"
-    assert openai_finish_reason(Message("assistant", "x", stop_reason="end_of_turn")) == "stop"
-    assert Message("assistant", "hi").to_openai() == {"role": "assistant", "content": "hi"}
-    assert Message("tool", "r", call_id="c").to_openai() == {"role": "tool", "tool_call_id": "c", "content": "r"}
-    assert Message("system", "s").to_openai() == {"role": "system", "content": "s"}

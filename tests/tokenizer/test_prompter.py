@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from herd.tokenizer.chat_format import Message, ToolCall
+from herd.tokenizer.messages import Message, ToolCall
 from herd.tokenizer.prompter import Prompter
 from herd.tokenizer.templates import TOOL_PROMPT_USAGE, tool_prompt
 
@@ -39,9 +39,9 @@ def test_tools_reach_the_prompt(prompter: Prompter) -> None:
     assert prompter.render(ASK, tools=WEATHER, tool_choice="none") == (plain, plain_ids)
     assert "You must call the tool `get_weather`." in prompter.render(ASK, tools=WEATHER, tool_choice="get_weather")[0]
     # herd ToolDefinitions and OpenAI dicts give the same prompt
-    from herd.tokenizer.prompter import as_tools
+    from herd.tokenizer.messages import to_tools
 
-    assert prompter.render(ASK, tools=as_tools(WEATHER))[0] == text
+    assert prompter.render(ASK, tools=to_tools(WEATHER))[0] == text
     assert TOOL_PROMPT_USAGE in text
 
 

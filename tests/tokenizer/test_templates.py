@@ -9,7 +9,7 @@ import gguf
 import pytest
 
 from herd.errors import HerdError
-from herd.tokenizer.chat_format import Message, ToolCall, ToolDefinition
+from herd.tokenizer.messages import Message, ToolCall, ToolDefinition
 from herd.tokenizer.templates import (
     TOOL_PROMPT_USAGE,
     ChatTemplate,
