@@ -41,8 +41,6 @@ CONFIGS = [
     ("llama.cpp", "F32"), ("llama.cpp", "BF16"), ("llama.cpp", "Q8_0"), ("llama.cpp", "Q4_1"),
 ]
 # comparable precisions: (label, herd, HF or None, llama.cpp)
-GROUPS = [("fp32", "fp32", "fp32", "F32"), ("bf16", "bf16", "bf16", "BF16"),
-          ("int8 / Q8_0", "int8", None, "Q8_0"), ("int4 / Q4_1", "int4", None, "Q4_1")]
 # the systems whose batch-1 decode is measured again side by side, one precision at a time
 DECODE_GROUPS = [
     ["herd:fp32", "herd:fp32-torch", "hf:fp32", "llama.cpp:F32"],

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import statistics
 
-from bench import GROUPS
+# the precisions the tables compare: (label, herd precision, HF precision or None, llama.cpp type)
+GROUPS = [("fp32", "fp32", "fp32", "F32"), ("bf16", "bf16", "bf16", "BF16"),
+          ("int8 / Q8_0", "int8", None, "Q8_0"), ("int4 / Q4_1", "int4", None, "Q4_1")]
 
 
 def _f(x: float | None, fmt: str = ".1f") -> str:

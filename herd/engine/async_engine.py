@@ -12,23 +12,12 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
-from herd.engine.engine import LLMEngine
+from herd.engine.engine import Capacity, EngineStats, LLMEngine
 from herd.engine.request import RequestOutput, SamplingParams
 from herd.errors import EngineError, HerdError
 
 log = logging.getLogger("herd.engine")
-
-
-@dataclass
-class EngineStats:
-    """A snapshot for /metrics."""
-
-    running: int
-    waiting: int
-    kv_usage: float  # fraction of KV blocks in use
-    num_blocks: int
 
 
 class AsyncLLMEngine:
@@ -75,8 +64,12 @@ class AsyncLLMEngine:
         self._post(("abort", request_id))
 
     def stats(self) -> EngineStats:
-        s = self.engine.scheduler
-        return EngineStats(s.num_running, s.num_waiting, self.engine.kv.usage, self.engine.kv.num_blocks)
+        """Queue lengths and KV-pool use (see LLMEngine.stats)."""
+        return self.engine.stats()
+
+    def capacity(self) -> Capacity:
+        """The context and KV-pool sizes (fixed)."""
+        return self.engine.capacity()
 
     @property
     def num_unfinished(self) -> int:

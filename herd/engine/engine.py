@@ -58,6 +58,31 @@ class _Group:
     held: list[Request] = field(default_factory=list)  # n > 1: siblings waiting for the prompt's KV
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What one engine can hold (fixed once it is built)."""
+
+    max_model_len: int  # prompt + output tokens of one sequence: the context, or the configured cap
+    kv_blocks: int  # usable KV-cache blocks in the pool
+    block_size: int  # tokens per block
+
+    @property
+    def max_request_tokens(self) -> int:
+        """The most tokens one sequence can hold: its context and the whole pool both bound it."""
+        return min(self.max_model_len, self.kv_blocks * self.block_size)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the queues and the KV pool (for /metrics)."""
+
+    running: int  # sequences
+    waiting: int
+    kv_usage: float  # fraction of KV blocks held by requests
+    free_blocks: int  # free or evictable
+    usable_blocks: int
+
+
 def available_memory(device: torch.device) -> int:
     """Free bytes on the device (CUDA: free HBM; CPU: MemAvailable)."""
     if device.type == "cuda":
@@ -184,6 +209,15 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
+
+    def capacity(self) -> Capacity:
+        """The context and KV-pool sizes (fixed)."""
+        return Capacity(self.max_model_len, self.kv.num_usable_blocks, self.kv.block_size)
+
+    def stats(self) -> EngineStats:
+        """Queue lengths and KV-pool use now (read from another thread, a snapshot may be a step old)."""
+        s, kv = self.scheduler, self.kv
+        return EngineStats(s.num_running, s.num_waiting, kv.usage, kv.num_free_blocks, kv.num_usable_blocks)
 
     @property
     def num_requests(self) -> int:

@@ -10,7 +10,6 @@ from typing import Any
 
 from herd.errors import HerdError
 
-
 # temperatures below this sample greedily: logits / 1e-300 is inf and softmax of it NaN (vLLM's
 # _SAMPLING_EPS is the same value)
 GREEDY_BELOW = 1e-5

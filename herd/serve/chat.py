@@ -1,423 +1,221 @@
-"""Chat completions: a request becomes a prompt (via the model's Prompter) and SamplingParams; engine
-outputs become assistant messages with tool calls, streamed as deltas.
-
-Prompt formatting and reply parsing live in herd.tokenizer (Prompter / chat_format); this module only
-decides what to ask for (tool_choice required/named: a JSON-schema grammar over the offered tools) and
-when streamed text may still be a tool call (then it is held back until it parses or cannot).
-
-Shields (`input_shields` / `output_shields`, per model in the config plus per request): a violation on
-the input answers with the shield's refusal without running the model; output shields check each reply
-before any of it is released (streams are buffered) and replace a violating one by the refusal.
-Refused choices finish with `content_filter` and carry the `safety_violation` extension.
-"""
+"""Chat completions, both APIs: OpenAI `POST /v1/chat/completions` (JSON or `chat.completion.chunk` events)
+and Llama Stack `POST /v1/inference/chat-completion` (a ChatCompletionResponse or start/progress/complete
+events). The turn itself (prompt, grammar, tool-call streaming, shields) is herd/serve/turn.py."""
 from __future__ import annotations
 
-import copy
-import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
 
-from herd.engine.request import CompletionOutput, SamplingParams
-from herd.errors import HerdError
-from herd.serve.errors import APIError, bad_request
+from herd.serve import protocol as p
+from herd.serve.errors import bad_request
 from herd.serve.generation import (
     CallContext,
     LogprobEntry,
     Usage,
-    check_budget,
-    first_then_rest,
-    generate,
-    new_logprobs,
-    response_format_of,
-    sampling_params,
-    until_disconnected,
+    sampling_in,
+    stack_logprobs,
+    token_text,
 )
-from herd.serve.models import LLMModel
-from herd.tokenizer.messages import Message, ToolCall, ToolDefinition, to_tools
+from herd.serve.models import ModelRegistry
+from herd.serve.stored import ChatCompletionStore, StreamAssembler, save_completion
+from herd.serve.turn import (
+    ChatPlan,
+    ChoiceDelta,
+    ChoiceState,
+    call_arguments,
+    chat_shields,
+    finish_chat,
+    plan_chat,
+    stream_chat,
+)
+from herd.tokenizer.messages import ToolCall, to_messages, to_tools
 
-# what a reply that is (or may become) a tool call starts with, in the formats herd parses
-TOOL_STARTS = ("<|python_tag|>", "<function=", "<tool_call>", "{", "[")
-_CALL_BODIES = ("{", "[", "<function=", "<tool_call>")
-REFUSED = "content_filter"  # OpenAI's finish_reason for a reply a filter stopped
-
-
-@dataclass
-class ChatPlan:
-    """A validated chat request, ready for the engine."""
-
-    model: LLMModel
-    prompt_ids: list[int]
-    params: SamplingParams
-    tools: list[ToolDefinition]
-    parse_tools: bool  # look for tool calls in the reply
-    request_id: str
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def tool_names(self) -> set[str]:
-        return {t.tool_name for t in self.tools}
+if TYPE_CHECKING:
+    from herd.tokenizer.tokenizer import Tokenizer
 
 
-def tool_choice_value(choice: Any, tools: Sequence[ToolDefinition]) -> str:
-    """'auto' | 'none' | 'required' | a tool name; naming a tool that was not offered is a 400."""
-    if choice is None:
-        return "auto" if tools else "none"
-    if not isinstance(choice, str):  # {"type": "function", "function": {"name"}}
-        choice = choice.function.name
-    if choice in ("auto", "none"):
-        return choice
-    if not tools:
-        raise bad_request(f"tool_choice {choice!r} needs tools; this request offers none", "tool_choice")
-    if choice != "required" and choice not in {t.tool_name for t in tools}:
-        raise bad_request(f"tool_choice names {choice!r}, which is not among the offered tools "
-                          f"({', '.join(t.tool_name for t in tools)})", "tool_choice")
-    return choice
+# ---- OpenAI --------------------------------------------------------------------------------
 
 
-def _params_schema(tool: ToolDefinition) -> dict[str, Any]:
-    if tool.tool_name == "code_interpreter":
-        return {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
-    if tool.is_builtin:
-        return {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
-    schema = copy.deepcopy(tool.parameters) if tool.parameters else {"type": "object", "properties": {}}
-    schema.setdefault("type", "object")
-    schema.setdefault("additionalProperties", False)  # as OpenAI strict mode: no invented arguments
-    return schema
+def usage_out(u: Usage) -> p.Usage:
+    """OpenAI usage, with cached prompt tokens in prompt_tokens_details."""
+    return p.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                   total_tokens=u.total_tokens, prompt_tokens_details={"cached_tokens": u.cached_tokens})
 
 
-def forced_call_format(kind: str, tools: Sequence[ToolDefinition], choice: str) -> dict[str, Any]:
-    """A json_schema response_format allowing exactly one call of an offered tool (or the named one).
-
-    Llama 3.x: the 3.1 JSON custom-tool call {"type": "function", "name", "parameters"};
-    Jinja-template models: {"name", "arguments"}, the shape their templates and parsers use.
-    """
-    chosen = [t for t in tools if choice == "required" or t.tool_name == choice]
-    options = []
-    for t in chosen:
-        if kind == "llama3":
-            props = {"type": {"const": "function"}, "name": {"const": t.tool_name}, "parameters": _params_schema(t)}
-        else:
-            props = {"name": {"const": t.tool_name}, "arguments": _params_schema(t)}
-        options.append({"type": "object", "properties": props, "required": list(props), "additionalProperties": False})
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+def chat_sampling(req: p.ChatCompletionRequest) -> dict[str, Any]:
+    """The SamplingParams fields a chat request sets (None: herd's default)."""
+    if req.logit_bias:
+        raise bad_request("logit_bias is not supported by this server", "logit_bias")
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    return dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, stop=req.stop,
+                seed=req.seed, n=req.n, presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
+                logprobs=(req.top_logprobs or 0) if req.logprobs else None, ignore_eos=req.ignore_eos or None)
 
 
-def plan_chat(
-    model: LLMModel,
-    messages: Sequence[Message | dict[str, Any]],
-    *,
-    tools: Sequence[ToolDefinition | dict[str, Any]] | None,
-    tool_choice: Any,
-    tool_prompt_format: str | None,
-    response_format: dict[str, Any] | None,
-    max_tokens: int | None,
-    max_tokens_param: str,
-    sampling: dict[str, Any],
-    request_id: str,
-) -> ChatPlan:
-    """Render the prompt, pick the grammar, check the context budget: everything before the engine."""
-    tool_defs = to_tools(tools)
-    choice = tool_choice_value(tool_choice, tool_defs)
-    forced = choice not in ("auto", "none")
-    fmt = response_format_of(response_format)
-    if forced:
-        if fmt is not None:
-            raise bad_request("response_format cannot be combined with tool_choice 'required' or a named tool",
-                              "response_format")
-        fmt = response_format_of(forced_call_format(model.prompter.kind, tool_defs, choice))
-    try:
-        _, ids = model.prompter.render(messages, tools=tool_defs or None,
-                                       tool_prompt_format=tool_prompt_format or model.spec.tool_prompt_format,
-                                       tool_choice=choice)
-    except HerdError as e:
-        raise bad_request(str(e), e.param) from None
-    max_tokens = check_budget(model, len(ids), max_tokens, max_tokens_param)
-    parse = bool(tool_defs) and choice != "none" and (forced or fmt is None)
-    # a reply that may be a tool call keeps its control tokens (<|python_tag|>) for the parser
-    params = sampling_params(max_tokens=max_tokens, response_format=fmt, skip_special_tokens=not parse, **sampling)
-    return ChatPlan(model, ids, params, tool_defs if choice != "none" else [], parse, request_id)
+def logprobs_out(tokenizer: Tokenizer, entries: list[LogprobEntry], k: int) -> p.ChoiceLogprobs:
+    """OpenAI chat logprobs: each token with its top-k alternatives."""
+    content = []
+    for tok, lp, alts in entries:
+        text, raw = token_text(tokenizer, tok)
+        top = []
+        for alt, alp in alts[:k]:
+            t, b = token_text(tokenizer, alt)
+            top.append(p.TopLogprob(token=t, logprob=alp, bytes=b))
+        content.append(p.TokenLogprob(token=text, logprob=lp, bytes=raw, top_logprobs=top))
+    return p.ChoiceLogprobs(content=content)
 
 
-@dataclass
-class ChoiceDelta:
-    """What one step adds to one choice: content, newly recognised tool calls, logprobs, the finish."""
-
-    index: int
-    text: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    first_call_index: int = 0  # index of tool_calls[0] among the choice's calls
-    logprobs: list[LogprobEntry] = field(default_factory=list)
-    finish_reason: str | None = None  # OpenAI: stop / length / tool_calls / content_filter
-    stop_reason: str | None = None  # Llama Stack: end_of_turn / end_of_message / out_of_tokens
-    violation: dict[str, Any] | None = None  # the `safety_violation` extension of a refused choice
-
-    def add(self, d: ChoiceDelta) -> None:
-        """Merge a later delta of the same choice into this one."""
-        self.text += d.text
-        self.tool_calls += d.tool_calls
-        self.logprobs += d.logprobs
-        self.finish_reason = d.finish_reason or self.finish_reason
-        self.stop_reason = d.stop_reason or self.stop_reason
+def message_out(state: ChoiceState) -> p.ChatMessageOut:
+    """A finished choice as the OpenAI assistant message (tool calls with JSON-string arguments)."""
+    msg = state.message
+    calls = [p.ToolCallOut(id=c.call_id, function=p.FunctionCallOut(name=c.tool_name, arguments=call_arguments(c)))
+             for c in msg.tool_calls]
+    return p.ChatMessageOut(content=(msg.content or None) if calls else msg.content, tool_calls=calls or None)
 
 
-class ChoiceState:
-    """Turns one completion's step outputs into deltas, holding back text that may be a tool call."""
-
-    def __init__(self, plan: ChatPlan, index: int):
-        self.plan, self.index = plan, index
-        self.mode = "undecided" if plan.parse_tools else "text"
-        self.buffer = ""
-        self.calls: list[ToolCall] = []
-        self.logprobs: list[LogprobEntry] = []
-        self.seen = 0
-        self.done = False
-        self.message = Message("assistant", "")
-        self.finish_reason: str | None = None
-        self.violation: dict[str, Any] | None = None  # set by refuse()
-
-    def refuse(self, violation: Any, stage: str) -> ChoiceState:
-        """Replace the reply by a shield's refusal (a herd.safety ShieldViolation; stage input/output)."""
-        from herd.serve.safety import violation_extension
-
-        self.done = True
-        self.calls, self.logprobs = [], []
-        self.message = Message("assistant", violation.user_message, stop_reason="end_of_turn")
-        self.finish_reason = REFUSED
-        self.violation = {**violation_extension(violation), "stage": stage}
-        return self
-
-    def refusal_delta(self) -> ChoiceDelta:
-        """The whole refused choice as one delta."""
-        return ChoiceDelta(self.index, text=self.message.content, finish_reason=self.finish_reason,
-                           stop_reason="end_of_turn", violation=self.violation)
-
-    def step(self, out: CompletionOutput) -> ChoiceDelta | None:
-        """The delta for this step's output (None when nothing new)."""
-        if self.done or (len(out.token_ids) == self.seen and not out.finished):
-            return None
-        d = ChoiceDelta(self.index, first_call_index=len(self.calls))
-        d.logprobs = new_logprobs(out, self.seen, self.plan.model.tokenizer.stop_ids)
-        self.logprobs += d.logprobs
-        self.seen = len(out.token_ids)
-        text = out.delta_text
-        if self.mode == "text":
-            d.text = text
-        else:
-            self.buffer += text
-            if self.mode == "undecided":
-                self.mode = _classify(self.buffer)
-                if self.mode == "text":
-                    d.text, self.buffer = self.buffer, ""
-            if self.mode == "tool" and any(c in text for c in "}])>"):
-                self._recognise(d)
-        if out.finished:
-            self._finish(out, d)
-        return d
-
-    def _parse(self, output: Any) -> Message:
-        msg = self.plan.model.prompter.parse(output, tools_offered=True)
-        if msg.tool_calls and not all(c.tool_name in self.plan.tool_names for c in msg.tool_calls):
-            return Message("assistant", output.text, stop_reason=msg.stop_reason)  # a call of nothing offered
-        return msg
-
-    def _recognise(self, d: ChoiceDelta) -> None:
-        body = self.buffer.lstrip().removeprefix("<|python_tag|>").lstrip()
-        if not body.startswith(_CALL_BODIES):
-            return  # e.g. code after <|python_tag|>: complete only at the end
-        calls = self._parse(SimpleNamespace(text=self.buffer, token_ids=[], stop_token_id=None,
-                                            finish_reason=None)).tool_calls
-        if len(calls) > len(self.calls):
-            d.tool_calls += calls[len(self.calls):]
-            self.calls += calls[len(self.calls):]
-
-    def _finish(self, out: CompletionOutput, d: ChoiceDelta) -> None:
-        self.done = True
-        if self.plan.parse_tools:
-            msg = self._parse(out)
-        else:  # the text as generated; the parse only tells end_of_turn / end_of_message / out_of_tokens
-            stop = self.plan.model.prompter.parse(out, tools_offered=False).stop_reason
-            msg = Message("assistant", out.text, stop_reason=stop)
-        if msg.tool_calls:
-            new = msg.tool_calls[len(self.calls):]
-            d.tool_calls += new
-            self.calls += new
-            if self.mode != "text" and msg.content:
-                d.text += msg.content
-        elif self.calls:  # recognised early, then the whole reply stopped parsing: keep what was sent
-            pass
-        elif self.mode != "text":
-            d.text += msg.content  # never a tool call after all: the held-back text is the content
-        if self.calls:
-            msg = Message("assistant", msg.content if msg.tool_calls else "", tool_calls=self.calls,
-                          stop_reason=msg.stop_reason)
-        self.message = msg
-        self.finish_reason = "tool_calls" if self.calls else "length" if out.finish_reason == "length" else "stop"
-        d.finish_reason = self.finish_reason
-        d.stop_reason = msg.stop_reason or ("out_of_tokens" if out.finish_reason == "length" else "end_of_turn")
+async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry, ctx: CallContext,
+                           store: ChatCompletionStore | None = None) -> Any:
+    """POST /v1/chat/completions: a ChatCompletion dict, or an async iterator of chunk dicts; kept in
+    `store` when the request (or the server's setting) asks for it."""
+    model = registry.llm(req.model)
+    ctx.precheck(model.id)
+    shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
+    max_tokens, param = (req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens \
+        else (req.max_tokens, "max_tokens")
+    messages, tools = to_messages(req.messages), to_tools(req.tools)  # HerdErrors: 400s naming the field
+    ctx.cap(len(req.stop) if isinstance(req.stop, list) else 0, "max_stop_strings", "stop", "stop strings")
+    plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
+        plan_chat, model, messages, tools=tools, tool_choice=req.tool_choice,
+        tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
+        max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
+    usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
+    k = req.top_logprobs or 0
+    if req.stream:
+        rest = await stream_chat(plan, shields, messages, ctx, usage)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        chunks = chat_chunks(plan, rest, usage, include_usage, k if req.logprobs else None)
+        return stored_chunks(chunks, store, req, usage) if store and store.wants(req.store) else chunks
+    states = await finish_chat(plan, shields, messages, ctx, usage)
+    choices = [p.ChatChoice(index=s.index, message=message_out(s), finish_reason=s.finish_reason,
+                            logprobs=logprobs_out(model.tokenizer, s.logprobs, k) if req.logprobs else None,
+                            safety_violation=s.violation)
+               for s in states]
+    out = p.dump(p.ChatCompletion(id=ctx.request_id, created=plan.created, model=model.id, choices=choices,
+                                  usage=usage_out(usage),
+                                  safety_violation=next((s.violation for s in states if s.violation), None)))
+    if store and store.wants(req.store):
+        await save_completion(store, out, req)
+    return out
 
 
-def _classify(buffer: str) -> str:
-    s = buffer.lstrip()
-    if not s:
-        return "undecided"
-    if s.startswith(TOOL_STARTS):
-        return "tool"
-    if any(m.startswith(s) for m in TOOL_STARTS):
-        return "undecided"
-    return "text"
+async def stored_chunks(chunks: AsyncGenerator[dict[str, Any], None], store: ChatCompletionStore,
+                        req: p.ChatCompletionRequest, usage: Usage) -> AsyncIterator[dict[str, Any]]:
+    """The chunks, passed through; once the stream has finished (not cut short), the completion they
+    make up is stored, before the stream ends."""
+    assembled = StreamAssembler()
+    async with aclosing(chunks):  # a client that goes away closes `chunks` now, which aborts the request
+        async for chunk in chunks:
+            assembled.add(chunk)
+            yield chunk
+    await save_completion(store, assembled.completion(usage_out(usage)), req)
 
 
-async def run_chat(plan: ChatPlan, ctx: CallContext, usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
-    """Per engine step, the deltas of the choices that advanced; the last batch carries every finish."""
-    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
-        deltas = [d for o in out.outputs if (d := states[o.index].step(o)) is not None]
-        if deltas:
-            yield deltas
+async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage, include_usage: bool,
+                      logprobs_k: int | None) -> AsyncIterator[dict[str, Any]]:
+    """The chat.completion.chunk stream: role first, then content / tool-call deltas, then finishes (a
+    refused choice's finish chunk carries `safety_violation`, in the choice and at the top)."""
+    def chunk(choices: list[p.ChatChunkChoice], u: p.Usage | None = None,
+              violation: dict[str, Any] | None = None) -> dict[str, Any]:
+        return p.dump_chunk(p.ChatCompletionChunk(id=plan.request_id, created=plan.created, model=plan.model.id,
+                                                  choices=choices, usage=u, safety_violation=violation))
+
+    tok = plan.model.tokenizer
+    yield chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))
+                 for i in range(plan.params.n)])
+    async for deltas in rest:
+        for d in deltas:
+            lp = logprobs_out(tok, d.logprobs, logprobs_k) if logprobs_k is not None and d.logprobs else None
+            if d.text or lp is not None:
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(content=d.text), logprobs=lp)])
+            for j, call in enumerate(d.tool_calls):
+                idx = d.first_call_index + j
+                head = p.ToolCallDeltaOut(index=idx, id=call.call_id, type="function",
+                                          function=p.ToolCallDeltaFunction(name=call.tool_name, arguments=""))
+                args = p.ToolCallDeltaOut(index=idx, function=p.ToolCallDeltaFunction(arguments=call_arguments(call)))
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[head]))])
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[args]))])
+            if d.finish_reason is not None:
+                yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(), finish_reason=d.finish_reason,
+                                               safety_violation=d.violation)], violation=d.violation)
+    if include_usage:
+        yield chunk([], usage_out(usage))
 
 
-async def complete_chat(plan: ChatPlan, ctx: CallContext, usage: Usage) -> list[ChoiceState]:
-    """Run to the end; the finished choice states (message, finish_reason, logprobs)."""
-    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
-        for o in out.outputs:
-            states[o.index].step(o)
-    return states
+# ---- Llama Stack ---------------------------------------------------------------------------
 
 
-# ---- shields around a chat turn ---------------------------------------------------------------
+def stack_call_out(c: ToolCall) -> p.StackToolCallOut:
+    return p.StackToolCallOut(call_id=c.call_id, tool_name=c.tool_name, arguments=c.arguments,
+                              arguments_json=call_arguments(c))
 
 
-def shield_registry(ctx: Any) -> Any:
-    """The server's herd.safety ShieldRegistry (`app.state.shields`) for a CallContext."""
-    registry = getattr(ctx, "shields", None)
-    if registry is not None:
-        return registry
-    from herd.safety.shields import ShieldRegistry
-
-    return ShieldRegistry.from_config(None)
-
-
-def _shield_error(e: HerdError, param: str) -> APIError:
-    from herd.safety.llama_guard import GuardOutputError
-    from herd.safety.shields import UnknownShieldError
-
-    if isinstance(e, UnknownShieldError):
-        return APIError(404, str(e), param=param, code="shield_not_found")
-    if isinstance(e, GuardOutputError):  # the guard model misbehaved, not the client
-        return APIError(502, f"{param}: {e}", code="shield_error")
-    return bad_request(f"{param}: {e}", "messages")
-
-
-@dataclass
-class ChatShields:
-    """The shields screening one chat request: the model's configured ones, then those the request adds."""
-
-    registry: Any  # herd.safety.shields.ShieldRegistry
-    input: list[str]
-    output: list[str]
-
-    async def _check(self, ids: list[str], messages: Sequence[Any], param: str) -> Any:
-        from herd.serve.safety import check_shields
-
-        try:
-            return await check_shields(self.registry, ids, list(messages))
-        except HerdError as e:
-            raise _shield_error(e, param) from None
-
-    async def check_input(self, messages: Sequence[Any]) -> Any:
-        """The first input violation (a ShieldViolation) or None."""
-        return await self._check(self.input, messages, "input_shields") if self.input else None
-
-    async def screen_output(self, messages: Sequence[Any], states: Sequence[ChoiceState]) -> None:
-        """Check each finished reply; a violating one is replaced by the refusal. Llama Guard reads the reply
-        after the conversation (it judges only the last message); the others (Code Shield, Prompt Guard)
-        judge all they are given, so they get the reply alone."""
-        for s in states:
-            for sid in self.output:
-                in_context = self.registry.config(sid).type == "llama-guard"
-                v = await self._check([sid], [*messages, s.message] if in_context else [s.message],
-                                      "output_shields")
-                if v is not None:
-                    s.refuse(v, "output")
-                    break
+async def stack_chat_completion(req: p.StackChatRequest, registry: ModelRegistry, ctx: CallContext) -> Any:
+    """POST /v1/inference/chat-completion: a ChatCompletionResponse dict or an async iterator of chunks."""
+    model = registry.llm(req.model_id, "model_id")
+    ctx.precheck(model.id)
+    shields = chat_shields(model, ctx, req.input_shields, req.output_shields)
+    cfg = req.tool_config or p.StackToolConfig()
+    tool_choice = req.tool_choice if req.tool_config is None or req.tool_config.tool_choice is None \
+        else cfg.tool_choice
+    sampling, max_tokens = sampling_in(req.sampling_params)
+    ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")
+    k = req.logprobs.top_k if req.logprobs else None
+    messages, tools = to_messages(req.messages), to_tools(req.tools)  # HerdErrors: 400s naming the field
+    plan = await asyncio.to_thread(
+        plan_chat, model, messages, tools=tools, tool_choice=tool_choice,
+        tool_prompt_format=cfg.tool_prompt_format or req.tool_prompt_format, response_format=req.response_format,
+        max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
+        request_id=ctx.request_id)
+    usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
+    ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
+    if req.stream:
+        rest = await stream_chat(plan, shields, messages, ctx, usage)
+        return stack_chat_events(plan, rest, usage, k is not None)
+    state = (await finish_chat(plan, shields, messages, ctx, usage))[0]
+    msg = p.CompletionMessage(content=state.message.content, stop_reason=state.message.stop_reason or "end_of_turn",
+                              tool_calls=[stack_call_out(c) for c in state.message.tool_calls])
+    return p.dump(p.StackChatResponse(
+        completion_message=msg, logprobs=stack_logprobs(model, state.logprobs) if k is not None else None,
+        metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens), safety_violation=state.violation))
 
 
-def chat_shields(model: LLMModel, ctx: Any, input_shields: Sequence[str] | None,
-                 output_shields: Sequence[str] | None) -> ChatShields | None:
-    """The model's configured shields plus the request's (added, not replacing: a client cannot drop the
-    operator's); None when there are none. An unknown id is a 404 listing the available ones."""
-    ids_in = list(dict.fromkeys([*model.spec.input_shields, *(input_shields or ())]))
-    ids_out = list(dict.fromkeys([*model.spec.output_shields, *(output_shields or ())]))
-    if not ids_in and not ids_out:
-        return None
-    registry = shield_registry(ctx)
-    for param, ids in (("input_shields", ids_in), ("output_shields", ids_out)):
-        for sid in ids:
-            try:
-                registry.config(sid)
-            except HerdError as e:
-                raise _shield_error(e, param) from None
-    return ChatShields(registry, ids_in, ids_out)
+async def stack_chat_events(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], usage: Usage,
+                      logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+    """start, progress (text and tool_call deltas), complete with stop_reason and token metrics (and
+    `safety_violation` when a shield refused the turn)."""
+    def event(kind: str, delta: p.StackDelta, **kw: Any) -> dict[str, Any]:
+        return p.dump(p.StackChatChunk(event=p.StackEvent(event_type=kind, delta=delta, **kw)))
 
-
-async def run_chat_screened(
-    plan: ChatPlan, ctx: CallContext, usage: Usage, screen: Callable[[list[ChoiceState]], Awaitable[None]],
-) -> AsyncIterator[list[ChoiceDelta]]:
-    """run_chat with output shields: nothing is released before the reply is checked. Yields [] once the
-    engine has started (so errors before it are still a 4xx status), then one whole delta per choice: what
-    run_chat would have streamed, merged, or the refusal."""
-    states = [ChoiceState(plan, i) for i in range(plan.params.n)]
-    whole = [ChoiceDelta(i) for i in range(plan.params.n)]
-    started = False
-    async for out in generate(plan.model, plan.prompt_ids, plan.params, ctx, usage, request_id=plan.request_id):
-        for o in out.outputs:
-            if (d := states[o.index].step(o)) is not None:
-                whole[o.index].add(d)
-        if not started:
-            started = True
-            yield []
-    await screen(states)
-    yield [s.refusal_delta() if s.violation is not None else w for s, w in zip(states, whole)]
-
-
-async def _once(batch: list[ChoiceDelta]) -> AsyncIterator[list[ChoiceDelta]]:
-    yield batch
-
-
-async def stream_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], ctx: CallContext,
-                      usage: Usage) -> AsyncIterator[list[ChoiceDelta]]:
-    """The delta batches of a streamed chat turn, screened; the first engine output is awaited here."""
-    if shields is not None:
-        v = await shields.check_input(messages)
-        if v is not None:  # the model does not run
-            return _once([ChoiceState(plan, i).refuse(v, "input").refusal_delta() for i in range(plan.params.n)])
-    if shields is not None and shields.output:
-        gen = run_chat_screened(plan, ctx, usage, lambda states: shields.screen_output(messages, states))
-    else:
-        gen = run_chat(plan, ctx, usage)
-    # a client that leaves while the request still waits for the engine aborts it there too
-    _, rest = await until_disconnected(ctx.is_disconnected, first_then_rest(gen))
-    return rest
-
-
-async def finish_chat(plan: ChatPlan, shields: ChatShields | None, messages: Sequence[Any], ctx: CallContext,
-                      usage: Usage) -> list[ChoiceState]:
-    """The finished choice states of a non-streamed chat turn, screened."""
-    if shields is not None:
-        v = await shields.check_input(messages)
-        if v is not None:  # the model does not run
-            return [ChoiceState(plan, i).refuse(v, "input") for i in range(plan.params.n)]
-    states = await until_disconnected(ctx.is_disconnected, complete_chat(plan, ctx, usage))
-    if shields is not None:
-        await shields.screen_output(messages, states)
-    return states
-
-
-def call_arguments(call: ToolCall) -> str:
-    """A call's arguments as the JSON string OpenAI clients expect."""
-    return json.dumps(call.arguments, ensure_ascii=False)
+    yield event("start", p.StackDelta(type="text", text=""))
+    async for deltas in rest:
+        for d in deltas:
+            lp = stack_logprobs(plan.model, d.logprobs) if logprobs and d.logprobs else None
+            if d.text or lp:
+                yield event("progress", p.StackDelta(type="text", text=d.text), logprobs=lp)
+            for call in d.tool_calls:
+                yield event("progress", p.StackDelta(type="tool_call", tool_call="", parse_status="started"))
+                yield event("progress", p.StackDelta(type="tool_call", tool_call=stack_call_out(call),
+                                                     parse_status="succeeded"))
+            if d.finish_reason is not None:
+                done = p.StackChatChunk(
+                    event=p.StackEvent(event_type="complete", delta=p.StackDelta(type="text", text=""),
+                                       stop_reason=d.stop_reason),
+                    metrics=p.usage_metrics(usage.prompt_tokens, usage.completion_tokens),
+                    safety_violation=d.violation)
+                yield p.dump(done)

@@ -15,12 +15,14 @@ from herd.serve.generation import (
     LogprobEntry,
     Usage,
     check_budget,
+    check_text_length,
     first_then_rest,
     generate,
     merge,
     new_logprobs,
     response_format_of,
     sampling_params,
+    stack_logprobs,
     token_text,
     until_disconnected,
 )
@@ -41,6 +43,7 @@ def encode_prompt(model: LLMModel, prompt: str | Sequence[int], param: str = "pr
         return ids
     if not prompt:
         raise bad_request(f"{param} is an empty string", param)
+    check_text_length(model, len(prompt), param)
     ids = tok.encode(prompt, allowed_special="all")
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids = [tok.bos_id, *ids]
@@ -190,8 +193,6 @@ async def completions(req: p.CompletionRequest, registry: ModelRegistry, ctx: Ca
 async def stack_completion(req: p.StackCompletionRequest, registry: ModelRegistry, ctx: CallContext,
                            sampling: dict[str, Any], max_tokens: int | None) -> Any:
     """POST /v1/inference/completion: a CompletionResponse dict, or an async iterator of chunk dicts."""
-    from herd.serve.stack import stack_logprobs
-
     model = registry.llm(req.model_id, "model_id")
     ctx.precheck(model.id)
     ctx.cap(len(sampling["stop"] or ()), "max_stop_strings", "sampling_params.stop", "stop strings")

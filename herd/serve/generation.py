@@ -6,15 +6,19 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from herd.engine.request import CompletionOutput, RequestOutput, SamplingParams
 from herd.errors import EngineError, HerdError
+from herd.serve import protocol as p
 from herd.serve.config import LimitSettings
 from herd.serve.errors import APIError, bad_request
 from herd.serve.limits import Admission, Deadline, Drain, SequenceGate, Ticket
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
+
+if TYPE_CHECKING:
+    from herd.safety.shields import ShieldRegistry
 
 T = TypeVar("T")
 # (token id, its logprob, [(alternative id, logprob)] best first)
@@ -26,7 +30,7 @@ def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param
                  prompt_param: str = "messages") -> int:
     """The max_tokens to use; prompt + max_tokens over the context is a 400 naming both counts."""
     limit = model.max_model_len
-    context = model.engine.engine.max_model_len
+    context = model.engine.capacity().max_model_len
     what = f"this model's context of {limit} tokens" if limit == context else \
         f"the {limit} tokens one request may hold (KV-cache pool; the model's context is {context})"
     if prompt_len >= limit:
@@ -39,6 +43,17 @@ def check_budget(model: LLMModel, prompt_len: int, max_tokens: int | None, param
                           f"{prompt_len + max_tokens} tokens, over {what}; lower {param} to at most "
                           f"{limit - prompt_len}", param, "context_length_exceeded")
     return max_tokens
+
+
+def check_text_length(model: LLMModel, chars: int, param: str) -> None:
+    """400 for a text too long for the context whatever it says, before spending seconds tokenizing it:
+    no token covers more than `tokenizer.max_token_bytes` characters."""
+    limit = model.max_model_len
+    most = limit * model.tokenizer.max_token_bytes
+    if chars > most:
+        raise bad_request(f"{param} holds {chars} characters, more than the {limit} tokens this model can take "
+                          f"could hold (a token covers at most {model.tokenizer.max_token_bytes} characters); "
+                          "shorten it", param, "context_length_exceeded")
 
 
 def response_format_of(raw: dict[str, Any] | None, param: str = "response_format") -> Any:
@@ -219,7 +234,7 @@ class CallContext:
     send_done: bool = True  # end SSE streams with `data: [DONE]` (0.2.x llama-stack-client cannot parse it)
     model: str | None = None  # set once the model is known (for the access log)
     usages: list[Usage] = field(default_factory=list)
-    shields: Any = None  # the server's herd.safety ShieldRegistry, for input/output shields
+    shields: ShieldRegistry | None = None  # the server's, for input/output shields
     limits: LimitSettings = field(default_factory=LimitSettings)
     admission: Admission | None = None  # the server's; None: no queue bound (tests of single pieces)
     drain: Drain | None = None
@@ -308,3 +323,27 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int,
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---- Llama Stack sampling and logprobs (chat and completion) ------------------------------
+
+
+def sampling_in(sp: p.StackSamplingParams | None) -> tuple[dict[str, Any], int | None]:
+    """(SamplingParams fields, max_tokens or None) from native sampling_params; the default is greedy."""
+    sp = sp or p.StackSamplingParams()
+    s = sp.strategy
+    kw: dict[str, Any] = {"repetition_penalty": sp.repetition_penalty, "stop": sp.stop or None}
+    if s.type == "greedy":
+        kw["temperature"] = 0.0
+    elif s.type == "top_p":
+        kw.update(temperature=s.temperature if s.temperature is not None else 0.6,
+                  top_p=s.top_p if s.top_p is not None else 0.95)
+    else:
+        kw.update(temperature=s.temperature if s.temperature is not None else 1.0, top_k=s.top_k or 1, top_p=1.0)
+    return kw, (sp.max_tokens or None)
+
+
+def stack_logprobs(model: LLMModel, entries: list[LogprobEntry]) -> list[p.TokenLogProbs]:
+    """Per token: {token text: logprob} over the top alternatives."""
+    return [p.TokenLogProbs(logprobs_by_token={token_text(model.tokenizer, t)[0]: lp for t, lp in alts})
+            for _, _, alts in entries]

@@ -9,7 +9,10 @@ import bisect
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from herd.serve.models import ModelRegistry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -107,27 +110,24 @@ class Metrics:
         self.embedding_inputs = Counter("herd_embedding_inputs_total", "Texts embedded.")
         self.in_flight = 0
 
-    def render(self, registry: Any) -> str:
+    def render(self, registry: ModelRegistry) -> str:
         """The exposition text, with live engine gauges for every LLM in `registry`."""
         lines: list[str] = []
         for m in (self.requests, self.duration, self.prompt_tokens, self.cached_tokens, self.generation_tokens,
                   self.finished, self.ttft, self.itl, self.e2e, self.embedding_inputs):
             lines += m.render()
-        stats = []
-        for llm in registry.llms():
-            e = llm.engine.engine
-            stats.append(((("model", llm.id),), llm.engine.stats(), e.kv))
+        stats = [((("model", llm.id),), llm.engine.stats()) for llm in registry.llms()]
         lines += _gauge("herd_http_requests_in_flight", "HTTP requests being served.", [((), self.in_flight)])
         lines += _gauge("herd_num_requests_running", "Sequences running in the engine.",
-                        [(lb, s.running) for lb, s, _ in stats])
+                        [(lb, s.running) for lb, s in stats])
         lines += _gauge("herd_num_requests_waiting", "Sequences waiting for the engine.",
-                        [(lb, s.waiting) for lb, s, _ in stats])
+                        [(lb, s.waiting) for lb, s in stats])
         lines += _gauge("herd_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests (0..1).",
-                        [(lb, s.kv_usage) for lb, s, _ in stats])
+                        [(lb, s.kv_usage) for lb, s in stats])
         lines += _gauge("herd_kv_cache_free_blocks", "KV-cache blocks free or evictable.",
-                        [(lb, kv.num_free_blocks) for lb, _, kv in stats])
+                        [(lb, s.free_blocks) for lb, s in stats])
         lines += _gauge("herd_kv_cache_usable_blocks", "KV-cache blocks in the pool (excluding the null block).",
-                        [(lb, kv.num_usable_blocks) for lb, _, kv in stats])
+                        [(lb, s.usable_blocks) for lb, s in stats])
         return "\n".join(lines) + "\n"
 
 

@@ -5,11 +5,18 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from herd.serve import protocol as p
 from herd.serve.config import ModelSpec
 from herd.serve.errors import APIError, bad_request
 from herd.serve.protocol import ModelCard
+
+if TYPE_CHECKING:
+    from herd.engine.async_engine import AsyncLLMEngine
+    from herd.model.bert import SentenceEncoder
+    from herd.tokenizer.prompter import Prompter
+    from herd.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
@@ -17,9 +24,9 @@ class LLMModel:
     """A chat/completion model: its engine, tokenizer and prompt format."""
 
     spec: ModelSpec
-    engine: Any  # herd.engine.async_engine.AsyncLLMEngine
-    tokenizer: Any  # herd.tokenizer.tokenizer.Tokenizer
-    prompter: Any  # herd.tokenizer.prompter.Prompter
+    engine: AsyncLLMEngine
+    tokenizer: Tokenizer
+    prompter: Prompter
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -29,14 +36,13 @@ class LLMModel:
     @property
     def max_model_len(self) -> int:
         """The most tokens (prompt + output) one sequence may hold: context and KV pool both bound it."""
-        e = self.engine.engine
-        return min(e.max_model_len, e.kv.num_usable_blocks * e.kv.block_size)
+        return self.engine.capacity().max_request_tokens
 
     def card(self) -> ModelCard:
         """This model in the /v1/models shapes."""
-        e = self.engine.engine
-        meta = {"context_length": e.max_model_len, "prompt_format": self.prompter.kind,
-                "kv_cache_blocks": e.kv.num_usable_blocks, "block_size": e.kv.block_size}
+        cap = self.engine.capacity()
+        meta = {"context_length": cap.max_model_len, "prompt_format": self.prompter.kind,
+                "kv_cache_blocks": cap.kv_blocks, "block_size": cap.block_size}
         for kind in ("input_shields", "output_shields"):  # the config's; requests may add more
             if getattr(self.spec, kind):
                 meta[kind] = list(getattr(self.spec, kind))
@@ -49,7 +55,7 @@ class EmbeddingModel:
     """A sentence-embedding model (in-process encoder)."""
 
     spec: ModelSpec
-    encoder: Any  # herd.serve.embeddings.SentenceEncoder
+    encoder: SentenceEncoder
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -165,9 +171,29 @@ def _load_llm(spec: ModelSpec, bar: Any) -> LLMModel:
 
 
 def _load_embedding(spec: ModelSpec, bar: Any) -> EmbeddingModel:
-    from herd.serve.embeddings import load_encoder
+    from herd.model.bert import load_encoder
 
     bar.set_postfix_str(f"{spec.id}: loading the encoder")
     encoder = load_encoder(spec.ref, device=spec.device)
     bar.update(1)
     return EmbeddingModel(spec, encoder)
+
+
+def models_list(registry: ModelRegistry) -> dict[str, Any]:
+    """GET /v1/models, in the OpenAI and the Llama Stack shape at once."""
+    return p.dump(p.ModelList(data=registry.cards()))
+
+
+def model_get(registry: ModelRegistry, model_id: str) -> dict[str, Any]:
+    """GET /v1/models/{id}."""
+    return p.dump(registry.get(model_id, "model_id").card())
+
+
+def register_model(registry: ModelRegistry, body: p.RegisterModelRequest) -> dict[str, Any]:
+    """Llama Stack models.register: a no-op for a served model; others are declared at startup (400)."""
+    try:
+        return p.dump(registry.get(body.model_id, "model_id").card())
+    except APIError:
+        raise APIError(400, f"herd serves the models named at startup (--model or the config's models:) and "
+                            f"cannot register others; {body.model_id!r} is not one of {', '.join(registry.ids)}",
+                       param="model_id", code="model_not_served") from None

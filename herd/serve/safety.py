@@ -1,86 +1,22 @@
-"""Safety over HTTP: `POST /v1/safety/run-shield`, `GET /v1/shields[/{id}]`, `POST /v1/moderations`.
-
-Mount with `mount(app, registry)` (or set `app.state.shields` and `app.include_router(router)`);
-the registry comes from the config's `shields:` list via `ShieldRegistry.from_config`. Chat
-completions screen input/output with `await check_shields(registry, ids, messages)`. Routes are
-sync functions, so FastAPI runs the (blocking) guard models in its thread pool.
+"""Safety over HTTP: the logic of `POST /v1/safety/run-shield`, `GET /v1/shields[/{id}]` and
+`POST /v1/moderations` (routes: herd/serve/routes.py, which runs them in FastAPI's thread pool, since
+the guard models block). The registry comes from the config's `shields:` list via
+`ShieldRegistry.from_config`; chat completions screen input/output with `await check_shields(...)`.
 """
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, Field
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from herd.errors import HerdError
 from herd.safety.shields import ShieldRegistry, ShieldViolation, UnknownShieldError
 from herd.safety.types import ModerationResult
-from herd.serve.errors import APIError, api_error_response
+from herd.serve import protocol as p
+from herd.serve.errors import APIError
 from herd.tokenizer.messages import plain_text
-
-router = APIRouter(tags=["safety"])
-
-
-# ---- wire shapes (Llama Stack 0.2.x / OpenAI) ----------------------------------------------
-
-
-class RunShieldRequest(BaseModel):
-    """Llama Stack's run-shield body; messages may be Llama Stack (native) or OpenAI messages."""
-
-    shield_id: str
-    messages: list[dict[str, Any]]
-    params: dict[str, Any] | None = None  # accepted for compatibility; shields are configured in the server config
-
-
-class SafetyViolationModel(BaseModel):
-    violation_level: Literal["info", "warn", "error"]
-    user_message: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class RunShieldResponse(BaseModel):
-    violation: SafetyViolationModel | None = None
-
-
-class ShieldResource(BaseModel):
-    """Llama Stack's Shield resource."""
-
-    identifier: str
-    provider_resource_id: str | None = None
-    provider_id: str
-    type: Literal["shield"] = "shield"
-    params: dict[str, Any] | None = None
-
-
-class ListShieldsResponse(BaseModel):
-    data: list[ShieldResource]
-
-
-class ModerationRequest(BaseModel):
-    """OpenAI's moderation body; `model` names a shield (default: the first Llama Guard, else the first shield)."""
-
-    input: str | list[str] | list[dict[str, Any]]
-    model: str | None = None
-
-
-class ModerationResultModel(BaseModel):
-    flagged: bool
-    categories: dict[str, bool] | None = None
-    category_applied_input_types: dict[str, list[str]] | None = None
-    category_scores: dict[str, float] | None = None
-    user_message: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ModerationResponse(BaseModel):
-    id: str
-    model: str
-    results: list[ModerationResultModel]
-
-
-# ---- logic -------------------------------------------------------------------------------
 
 
 def registry_of(request: Request) -> ShieldRegistry:
@@ -102,17 +38,17 @@ def _http_error(e: HerdError, param: str | None = None) -> APIError:
     return APIError(400, str(e), param=e.param)
 
 
-def _resource(reg: ShieldRegistry, shield_id: str) -> ShieldResource:
-    return ShieldResource(**reg.config(shield_id).to_resource())
+def _resource(reg: ShieldRegistry, shield_id: str) -> p.ShieldResource:
+    return p.ShieldResource(**reg.config(shield_id).to_resource())
 
 
-def run_shield(reg: ShieldRegistry, body: RunShieldRequest) -> RunShieldResponse:
+def run_shield(reg: ShieldRegistry, body: p.RunShieldRequest) -> p.RunShieldResponse:
     """Run one shield; errors as HTTP exceptions (404 unknown shield, 400 bad messages)."""
     try:
         result = reg.run(body.shield_id, body.messages)
     except HerdError as e:
         raise _http_error(e) from None
-    return RunShieldResponse(**result.to_dict())
+    return p.RunShieldResponse(**result.to_dict())
 
 
 def _moderation_shield(reg: ShieldRegistry, model: str | None) -> str:
@@ -135,15 +71,15 @@ def _inputs(raw: str | list[Any]) -> list[str]:
     return [x if isinstance(x, str) else plain_text(x, f"input[{i}]", lenient=True) for i, x in enumerate(raw)]
 
 
-def moderate(reg: ShieldRegistry, body: ModerationRequest) -> ModerationResponse:
+def moderate(reg: ShieldRegistry, body: p.ModerationRequest) -> p.ModerationResponse:
     """OpenAI moderations through a shield: one result per input string."""
     try:
         shield_id = _moderation_shield(reg, body.model)
         results: list[ModerationResult] = reg.get(shield_id).moderate(_inputs(body.input))
     except HerdError as e:
         raise _http_error(e, "model") from None
-    return ModerationResponse(id=f"modr-{uuid.uuid4()}", model=shield_id,
-                              results=[ModerationResultModel(**r.to_dict()) for r in results])
+    return p.ModerationResponse(id=f"modr-{uuid.uuid4()}", model=shield_id,
+                              results=[p.ModerationResultModel(**r.to_dict()) for r in results])
 
 
 async def check_shields(reg: ShieldRegistry, shield_ids: list[str], messages: list[Any]) -> ShieldViolation | None:
@@ -158,41 +94,14 @@ def violation_extension(v: ShieldViolation) -> dict[str, Any]:
     return v.to_dict()
 
 
-# ---- routes ------------------------------------------------------------------------------
+def list_shields(reg: ShieldRegistry) -> p.ListShieldsResponse:
+    """Every configured shield (loaded or not)."""
+    return p.ListShieldsResponse(data=[_resource(reg, sid) for sid in reg.ids()])
 
 
-@router.post("/v1/safety/run-shield", response_model=RunShieldResponse)
-def post_run_shield(body: RunShieldRequest, request: Request) -> RunShieldResponse:
-    """Llama Stack `safety.run_shield`."""
-    return run_shield(registry_of(request), body)
-
-
-@router.get("/v1/shields", response_model=ListShieldsResponse)
-def get_shields(request: Request) -> ListShieldsResponse:
-    """Llama Stack `shields.list`: every configured shield (loaded or not)."""
-    reg = registry_of(request)
-    return ListShieldsResponse(data=[_resource(reg, sid) for sid in reg.ids()])
-
-
-@router.get("/v1/shields/{identifier:path}", response_model=ShieldResource)
-def get_shield(identifier: str, request: Request) -> ShieldResource:
-    """Llama Stack `shields.retrieve`; 404 naming the available ids."""
+def get_shield(reg: ShieldRegistry, identifier: str) -> p.ShieldResource:
+    """One shield; 404 naming the available ids."""
     try:
-        return _resource(registry_of(request), identifier)
+        return _resource(reg, identifier)
     except HerdError as e:
         raise _http_error(e) from None
-
-
-@router.post("/v1/moderations", response_model=ModerationResponse)
-@router.post("/v1/openai/v1/moderations", response_model=ModerationResponse, include_in_schema=False)
-def post_moderations(body: ModerationRequest, request: Request) -> ModerationResponse:
-    """OpenAI `moderations.create` (also under Llama Stack 0.2's /v1/openai/v1 prefix)."""
-    return moderate(registry_of(request), body)
-
-
-def mount(app: FastAPI, registry: ShieldRegistry) -> None:
-    """Attach the registry and the safety routes to an app."""
-    app.state.shields = registry
-    if APIError not in app.exception_handlers:  # an app of its own (herd's app installs it already)
-        app.add_exception_handler(APIError, api_error_response)  # type: ignore[arg-type]
-    app.include_router(router)

@@ -1,5 +1,6 @@
 """Stored chat completions (OpenAI's `store: true`, Llama Stack 0.2's inference store): one SQLite file
-under Herd's home, the stream-to-completion assembly, and the routes that list, get and delete them.
+under Herd's home, the stream-to-completion assembly, and the logic of the routes that list, get and
+delete them (the routes: herd/serve/routes.py).
 
 The setting `server.store_chat_completions` decides what is kept: "requested" (a request's `store: true`,
 as OpenAI), "all" (every chat completion unless it says `store: false`, as Llama Stack 0.2) or "off"
@@ -13,10 +14,9 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from fastapi import APIRouter, Request
 
 from herd.home import herd_home
 from herd.serve import protocol as p
@@ -201,7 +201,7 @@ class StreamAssembler:
                                        choices=choices, usage=usage, safety_violation=violation))
 
 
-# ---- routes (mounted under /v1 and /v1/openai/v1) ---------------------------------------------
+# ---- the routes' logic (routes: herd/serve/routes.py, under /v1 and /v1/openai/v1) ----------
 
 
 def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
@@ -214,24 +214,16 @@ _ORDER_DESC = _query("order", {"type": "string", "enum": ["asc", "desc"], "defau
                      "By creation time (then id); `desc`: newest first.")
 _ORDER_ASC = _query("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
                     "`asc`: in the order they were sent.")
-_LIST_PARAMS = [
+LIST_PARAMS = [  # for the OpenAPI document (the routes parse these by hand)
     _LIMIT, _ORDER_DESC,
     _query("after", {"type": "string"}, "Cursor: the last id of the previous page (an unknown id is a 400)."),
     _query("model", {"type": "string"}, "Only completions by this model."),
     _query("metadata", {"type": "object", "additionalProperties": {"type": "string"}},
            "Only completions whose metadata has these pairs: `metadata[key]=value`.", style="deepObject", explode=True),
 ]
-_MESSAGE_PARAMS = [_LIMIT, _ORDER_ASC, _query("after", {"type": "string"}, "Cursor: the last message id seen.")]
+MESSAGE_PARAMS = [_LIMIT, _ORDER_ASC, _query("after", {"type": "string"}, "Cursor: the last message id seen.")]
 
-router = APIRouter()
-
-
-def _store(request: Request) -> ChatCompletionStore | None:
-    return getattr(request.app.state, "chat_store", None)
-
-
-def _page_args(request: Request, default_order: str) -> tuple[int, str, str | None]:
-    q = request.query_params
+def _page_args(q: Mapping[str, str], default_order: str) -> tuple[int, str, str | None]:
     raw = q.get("limit")
     try:
         limit = DEFAULT_LIMIT if raw is None else int(raw)
@@ -250,8 +242,8 @@ def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
                                last_id=data[-1]["id"] if data else "", has_more=has_more))
 
 
-async def _get(request: Request, completion_id: str) -> dict[str, Any]:
-    store = _store(request)
+async def get_completion(store: ChatCompletionStore | None, completion_id: str) -> dict[str, Any]:
+    """One stored chat completion, with its `input_messages` and `metadata`; 404 when there is none."""
     found = await asyncio.to_thread(store.get, completion_id) if store else None
     if found is None:
         raise not_found(f"no stored chat completion {completion_id!r} (completions are stored with `store: true`)",
@@ -259,13 +251,10 @@ async def _get(request: Request, completion_id: str) -> dict[str, Any]:
     return found
 
 
-@router.get("/chat/completions", openapi_extra={"parameters": _LIST_PARAMS})
-async def list_chat_completions(request: Request) -> dict[str, Any]:
+async def list_completions(store: ChatCompletionStore | None, q: Mapping[str, str]) -> dict[str, Any]:
     """Stored chat completions, newest first, each with its `input_messages` and `metadata`."""
-    limit, order, after = _page_args(request, "desc")
-    q = request.query_params
+    limit, order, after = _page_args(q, "desc")
     metadata = {k[len("metadata["):-1]: v for k, v in q.items() if k.startswith("metadata[") and k.endswith("]")}
-    store = _store(request)
     if store is None:
         return _page([], False)
     try:
@@ -276,18 +265,12 @@ async def list_chat_completions(request: Request) -> dict[str, Any]:
     return _page(rows, more)
 
 
-@router.get("/chat/completions/{completion_id}")
-async def get_chat_completion(completion_id: str, request: Request) -> dict[str, Any]:
-    """One stored chat completion, with its `input_messages` and `metadata`."""
-    return await _get(request, completion_id)
-
-
-@router.get("/chat/completions/{completion_id}/messages", openapi_extra={"parameters": _MESSAGE_PARAMS})
-async def list_chat_completion_messages(completion_id: str, request: Request) -> dict[str, Any]:
+async def list_messages(store: ChatCompletionStore | None, completion_id: str,
+                        q: Mapping[str, str]) -> dict[str, Any]:
     """The input messages of a stored chat completion, as a page (ids `<completion_id>-<n>`)."""
-    limit, order, after = _page_args(request, "asc")
+    limit, order, after = _page_args(q, "asc")
     messages = []
-    for i, m in enumerate((await _get(request, completion_id))["input_messages"]):
+    for i, m in enumerate((await get_completion(store, completion_id))["input_messages"]):
         parts = m.get("content") if isinstance(m.get("content"), list) else None
         text = "".join(part.get("text") or "" for part in parts) if parts is not None else m.get("content")
         messages.append({**m, "id": f"{completion_id}-{i}", "content": text, "content_parts": parts})
@@ -301,10 +284,8 @@ async def list_chat_completion_messages(completion_id: str, request: Request) ->
     return _page(messages[:limit], len(messages) > limit)
 
 
-@router.delete("/chat/completions/{completion_id}")
-async def delete_chat_completion(completion_id: str, request: Request) -> dict[str, Any]:
-    """Delete a stored chat completion."""
-    store = _store(request)
+async def delete_completion(store: ChatCompletionStore | None, completion_id: str) -> dict[str, Any]:
+    """Delete a stored chat completion; 404 when there is none."""
     if not (store and await asyncio.to_thread(store.delete, completion_id)):
         raise not_found(f"no stored chat completion {completion_id!r}", "completion_id")
     return p.dump(p.ChatCompletionDeleted(id=completion_id))

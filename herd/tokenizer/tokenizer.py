@@ -22,6 +22,12 @@ LITERAL_OPEN, LITERAL_CLOSE = "\ue000", "\ue001"  # private-use characters: see 
 _MARKED_RE = re.compile(f"{LITERAL_OPEN}(.+?){LITERAL_CLOSE}", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=8)
+def _with_markers(specials: re.Pattern[str]) -> re.Pattern[str]:
+    """The special-token pattern that also matches a marker character (to mark it literal in turn)."""
+    return re.compile(f"{specials.pattern}|[{LITERAL_OPEN}{LITERAL_CLOSE}]")
+
+
 class Tokenizer(ABC):
     """What every tokenizer offers the rest of Herd.
 
@@ -60,6 +66,12 @@ class Tokenizer(ABC):
         """True when the vocabulary carries the Llama 3 header tokens (Llama 3 chat format applies)."""
         return self.special_tokens.get("<|start_header_id|>") == 128006 and "<|eot_id|>" in self.special_tokens
 
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The longest token's byte length: a text of more characters than n x this holds more than n
+        tokens (a server refuses an over-long prompt without tokenizing megabytes of it)."""
+        return max(len(self.token_bytes(i)) for i in range(self.n_words)) or 1
+
     # ---- text that must stay text: message contents inside a rendered chat template ----------
     # A chat template renders its own control tokens and the messages' text into one string. Before
     # rendering, special-token text inside message text is wrapped in private-use marker characters
@@ -68,20 +80,22 @@ class Tokenizer(ABC):
 
     @functools.cached_property
     def _specials_re(self) -> re.Pattern[str]:
-        names = sorted(self.special_tokens, key=len, reverse=True)  # longest first
-        alternation = "|".join(map(re.escape, names)) or r"(?!x)x"
-        return re.compile(f"({LITERAL_OPEN}.+?{LITERAL_CLOSE})|{alternation}", re.DOTALL)
-
-    @functools.cached_property
-    def _literal_re(self) -> re.Pattern[str]:
+        # literals only (longest first): `re` finds their common prefix ("<") at memchr speed
         names = sorted(self.special_tokens, key=len, reverse=True)
-        return re.compile("|".join([*map(re.escape, names), f"[{LITERAL_OPEN}{LITERAL_CLOSE}]"]))
+        return re.compile("|".join(map(re.escape, names)) or r"(?!x)x")
 
     def mark_literal(self, s: str) -> str:
         """`s` with every special-token text (and marker character) marked as plain text for encode_marked."""
-        if not self._literal_re.search(s):
+        markers = LITERAL_OPEN in s or LITERAL_CLOSE in s
+        if not markers and not self._specials_re.search(s):
             return s
-        return self._literal_re.sub(lambda m: LITERAL_OPEN + m.group(0) + LITERAL_CLOSE, s)
+        pattern = _with_markers(self._specials_re) if markers else self._specials_re
+        out, last = [], 0
+        for m in pattern.finditer(s):  # a Python loop: a long hostile text never holds the GIL for long
+            out += (s[last : m.start()], LITERAL_OPEN, m.group(0), LITERAL_CLOSE)
+            last = m.end()
+        out.append(s[last:])
+        return "".join(out)
 
     def encode_marked(self, text: str) -> list[int]:
         """Ids of a rendered template: its special-token text becomes control tokens, text that
@@ -90,17 +104,23 @@ class Tokenizer(ABC):
             return self.encode(text, allowed_special="all")
         ids: list[int] = []
         plain: list[str] = []
+
+        def template_text(piece: str) -> None:  # the template's own text: its specials are control tokens
+            last = 0
+            for m in self._specials_re.finditer(piece):
+                plain.append(piece[last : m.start()])
+                ids.extend(self.encode("".join(plain)))
+                plain.clear()
+                ids.append(self.special_tokens[m.group(0)])
+                last = m.end()
+            plain.append(piece[last:])
+
         pos = 0
-        for m in self._specials_re.finditer(text):
-            plain.append(text[pos : m.start()])
+        for m in _MARKED_RE.finditer(text):  # marked: plain text, BPE-merged with its neighbours
+            template_text(text[pos : m.start()])
+            plain.append(m.group(1))
             pos = m.end()
-            if m.group(1) is not None:  # marked: plain text, BPE-merged with its neighbours
-                plain.append(m.group(1)[1:-1])
-                continue
-            ids += self.encode("".join(plain))
-            plain = []
-            ids.append(self.special_tokens[m.group(0)])
-        plain.append(text[pos:])
+        template_text(text[pos:])
         return ids + self.encode("".join(plain))
 
     @staticmethod

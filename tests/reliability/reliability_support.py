@@ -1,12 +1,8 @@
-"""Shared pieces of the reliability suite (`make reliability`): the server helpers of tests/serve/conftest.py,
-the tiny model of tests/tinymodels.py, /metrics reading and the figures each test prints for RELIABILITY.md.
-
-tests/serve/conftest.py is loaded from its file under the name `serve_conftest`, so this directory needs no
-conftest of its own and no second module called `conftest` is imported by name.
-"""
+"""Shared pieces of the reliability suite (`make reliability`): the server helpers of tests/serve/servekit.py,
+the tiny model of tests/tinymodels.py, /metrics reading and the figures each test prints for RELIABILITY.md."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
 import statistics
@@ -23,43 +19,24 @@ import httpx
 from herd.serve.metrics import parse_metrics
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from tinymodels import build_tiny_llama3  # noqa: F401 (re-exported for the tests)
+sys.path[:0] = [str(TESTS), str(TESTS / "serve")]
+from servekit import (  # noqa: F401
+    API_KEY,
+    EMBED_ID,
+    SMOL_ID,
+    TINY_ID,
+    ServerProcess,
+    main_config,
+    wait_until,
+)
+from tinymodels import build_tiny_llama3  # noqa: F401 (these are re-exported for the tests)
 
-
-def _load(name: str, path: Path, conftest: ModuleType | None = None) -> ModuleType:
-    """Import the file at `path` as module `name`; while it runs, `from conftest import ...` gets `conftest`."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.modules.get("conftest")
-    if conftest is not None:
-        sys.modules["conftest"] = conftest
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if conftest is not None:
-            if saved is None:
-                sys.modules.pop("conftest", None)
-            else:
-                sys.modules["conftest"] = saved
-    return module
-
-
-serve_conftest = _load("serve_conftest", TESTS / "serve" / "conftest.py")
-ServerProcess = serve_conftest.ServerProcess
-main_config = serve_conftest.main_config
-wait_until = serve_conftest.wait_until
-API_KEY: str = serve_conftest.API_KEY
-SMOL_ID: str = serve_conftest.SMOL_ID
-TINY_ID: str = serve_conftest.TINY_ID
-EMBED_ID: str = serve_conftest.EMBED_ID
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def serve_test_module(name: str) -> ModuleType:
-    """A tests/serve test module (for its case tables), imported under another name beside the suite's own."""
-    return _load(f"serve_{name}", TESTS / "serve" / f"{name}.py", conftest=serve_conftest)
+    """A tests/serve test module (for its case tables)."""
+    return importlib.import_module(name)
 
 
 @contextmanager

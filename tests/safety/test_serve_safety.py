@@ -25,13 +25,13 @@ def served(guard_meta_dir) -> Iterator[tuple[str, LlamaGuard]]:
     import uvicorn
     from fastapi import FastAPI
 
-    from herd.serve.safety import mount
+    from herd.serve.routes import mount_safety
 
     guard = LlamaGuard.load(str(guard_meta_dir), device="cpu", dtype="float32", max_model_len=2048)
     registry = ShieldRegistry.from_config(None)
     registry.add(ShieldConfig("llama-guard", "llama-guard", str(guard_meta_dir), {}), guard)
     app = FastAPI()
-    mount(app, registry)
+    mount_safety(app, registry)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SMOL_ID, ServerProcess
+from servekit import SMOL_ID, ServerProcess
 
 HEADER_TIMEOUT = 1.5
 KEEP_ALIVE = 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import EMBED_ID, SMOL_ID
+from servekit import EMBED_ID, SMOL_ID
 
 CHAT = "/v1/chat/completions"
 OK_MESSAGES = [{"role": "user", "content": "Hi"}]

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, EMBED_ID, SMOL_ID
+from servekit import API_KEY, EMBED_ID, SMOL_ID
 
 SURROGATE = b"\\ud800"  # valid JSON, not valid Unicode
 
@@ -142,7 +142,12 @@ def test_health_stays_responsive_while_maximal_requests_are_processed(server, ht
         assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 384
         r = http.post("/v1/chat/completions", json={"model": SMOL_ID, "max_tokens": 4,
                                                     "messages": [{"role": "user", "content": big}]})
+        # refused from its length alone: 8 M characters cannot fit 8192 tokens of at most 81 characters
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "characters" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={"model": SMOL_ID, "max_tokens": 4, "messages": [
+            {"role": "user", "content": big[: 300_000]}]})  # short enough to be tokenized: ~70k tokens
+        assert r.status_code == 400 and "tokens" in r.json()["error"]["message"]
         elapsed = time.monotonic() - t
     finally:
         stop.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import llama_stack_client
 import numpy as np
 import pytest
-from conftest import API_KEY, EMBED_ID, SMOL_ID, TINY_ID
+from servekit import API_KEY, EMBED_ID, SMOL_ID, TINY_ID
 
 GREEDY = {"strategy": {"type": "greedy"}, "max_tokens": 8}
 

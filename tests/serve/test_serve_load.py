@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, SMOL_ID, TINY_ID, ServerProcess, wait_until
+from servekit import API_KEY, SMOL_ID, TINY_ID, ServerProcess, wait_until
 
 from herd.serve.metrics import parse_metrics
 

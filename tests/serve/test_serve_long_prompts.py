@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, ServerProcess
+from servekit import REPO, ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinymodels import build_tiny_llama3, prompt_of

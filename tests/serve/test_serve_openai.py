@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 import openai
 import pytest
-from conftest import API_KEY, EMBED_ID, SMOL_ID, TINY_ID, WEATHER_QUESTION, WEATHER_TOOL
+from servekit import API_KEY, EMBED_ID, SMOL_ID, TINY_ID, WEATHER_QUESTION, WEATHER_TOOL
 
 GREEDY = {"temperature": 0}
 

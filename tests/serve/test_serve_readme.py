@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import API_KEY, REPO
+from servekit import API_KEY, REPO
 
 README_URL = "http://127.0.0.1:8321"
 

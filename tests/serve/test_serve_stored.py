@@ -14,7 +14,7 @@ import httpx
 import llama_stack_client
 import openai
 import pytest
-from conftest import SMOL_ID, WEATHER_TOOL, ServerProcess, wait_until
+from servekit import SMOL_ID, WEATHER_TOOL, ServerProcess, wait_until
 from llama_stack_client import LlamaStackClient
 
 from herd.serve.metrics import parse_metrics

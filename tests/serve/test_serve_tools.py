@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY_ID, WEATHER_QUESTION, WEATHER_TOOL
+from servekit import TINY_ID, WEATHER_QUESTION, WEATHER_TOOL
 
 GREEDY = {"temperature": 0, "max_tokens": 40}
 

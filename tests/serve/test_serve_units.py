@@ -12,7 +12,7 @@ import pytest
 from herd.engine.request import CompletionOutput, SamplingParams
 from herd.errors import HerdError
 from herd.serve.app import validation_message
-from herd.serve.chat import ChatPlan, ChoiceState, forced_call_format
+from herd.serve.turn import ChatPlan, ChoiceState, forced_call_format
 from herd.serve.config import (
     ModelSpec,
     default_id,
@@ -254,7 +254,7 @@ def test_metrics_render_and_parse():
 def test_minilm_matches_transformers_mean_pooling():
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from herd.serve.embeddings import load_encoder, minilm_dir
+    from herd.model.bert import load_encoder, minilm_dir
 
     texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "word " * 400]
     enc = load_encoder(None)
