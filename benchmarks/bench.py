@@ -304,8 +304,21 @@ def main() -> None:
     Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     from report import render
 
-    Path(a.out).write_text(render(results, (HERE / "analysis.md").read_text()))
+    out = Path(a.out)
+    text = render(results, (HERE / "analysis.md").read_text())
+    out.write_text(keep_startup(text, out.read_text() if out.is_file() else ""))
     print(f"wrote {a.out} and {a.json}")
+
+
+def keep_startup(text: str, previous: str) -> str:
+    """BENCHMARKS.md as rendered, with the Start-up section (benchmarks/startup.py writes it) carried over
+    from the previous file, before the hand-written analysis."""
+    begin, end = "<!-- startup:begin -->", "<!-- startup:end -->"
+    if begin not in previous or end not in previous:
+        return text
+    block = previous[previous.index(begin):previous.index(end) + len(end)]
+    anchor = "## Analysis"
+    return text.replace(anchor, block + "\n\n" + anchor, 1) if anchor in text else text + "\n" + block + "\n"
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LLM": "herd.engine.engine",
-    "ChatResponse": "herd.engine.engine",
+    "LLM": "herd.llm",
+    "ChatResponse": "herd.llm",
     "LLMEngine": "herd.engine.engine",
     "AsyncLLMEngine": "herd.engine.async_engine",
     "SamplingParams": "herd.engine.request",
@@ -23,8 +23,10 @@ _EXPORTS = {
     "Tokenizer": "herd.tokenizer.tokenizer",
     "load_tokenizer": "herd.tokenizer.tokenizer",
     "ChatFormat": "herd.tokenizer.chat_format",
-    "Message": "herd.tokenizer.chat_format",
-    "ToolCall": "herd.tokenizer.chat_format",
+    "Message": "herd.tokenizer.messages",
+    "ToolCall": "herd.tokenizer.messages",
+    "ToolDefinition": "herd.tokenizer.messages",
+    "to_messages": "herd.tokenizer.messages",
     "Transformer": "herd.model.llama",
 }
 __all__ = list(_EXPORTS)

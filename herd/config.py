@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from herd.errors import HerdError
 
@@ -65,7 +65,7 @@ class ModelArgs:
             h = int(self.ffn_dim_multiplier * h)
         return self.multiple_of * ((h + self.multiple_of - 1) // self.multiple_of)
 
-    def replace(self, **kw: Any) -> "ModelArgs":
+    def replace(self, **kw: Any) -> ModelArgs:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
@@ -79,7 +79,7 @@ class ModelArgs:
     # ---- conversions -------------------------------------------------------------------
 
     @classmethod
-    def from_meta_params(cls, params: dict[str, Any]) -> "ModelArgs":
+    def from_meta_params(cls, params: dict[str, Any]) -> ModelArgs:
         """From a Meta `params.json` dict (unknown keys such as quantization_args ignored)."""
         scaling = None
         if params.get("use_scaled_rope"):
@@ -138,7 +138,7 @@ class ModelArgs:
         return p
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any]) -> "ModelArgs":
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelArgs:
         """From a Hugging Face `config.json` dict of a LlamaForCausalLM."""
         arch = cfg.get("model_type", "llama")
         if arch != "llama":
@@ -246,6 +246,74 @@ def preset(name: str) -> ModelArgs:
         return PRESETS[name]
     except KeyError:
         raise HerdError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def detect_layout(path: str | Path) -> Literal["hf", "meta", "gguf"]:
+    """'gguf' for a file starting with the GGUF magic; 'hf' (config.json) / 'meta' (params.json) for a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise HerdError(f"{path}: no such file or directory")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) == b"GGUF":
+                return "gguf"
+        raise HerdError(f"{path}: not a GGUF file (a checkpoint directory or a .gguf file is expected)")
+    if (path / "config.json").is_file():
+        return "hf"
+    if (path / "params.json").is_file():
+        return "meta"
+    raise HerdError(f"{path}: neither a Hugging Face (config.json) nor a Meta (params.json) checkpoint")
+
+
+# ---- memory: what a model's weights and KV cache take, per precision -------------------------
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# bytes per weight of a quantized projection (herd/model/quantize.py): int8 is Q8_0 (32 int8 and an
+# fp16 scale per group of 32), int4 is Q4_1 (16 bytes and an fp16 scale and minimum per 32)
+QUANT_BYTES = {"int8": 34 / 32, "int4": 20 / 32}
+
+
+def weight_bytes(args: ModelArgs, dtype: str = "float32", quantize: str | None = None) -> int:
+    """Bytes of a model's weights as hub.load leaves them: `dtype` for everything, or with
+    `quantize` ("bf16" / "int8" / "int4") its projections and output head quantized while the
+    embedding and norms keep `dtype` (int4 keeps the head, and a projection whose input width is
+    not a multiple of 32, at int8)."""
+    b = DTYPE_BYTES[dtype]
+    q_dim, kv_dim, ffn = args.n_heads * args.hd, args.kv_heads * args.hd, args.ffn_dim
+    # (out, in) of every projection of one block
+    shapes = [(q_dim, args.dim), (kv_dim, args.dim), (kv_dim, args.dim), (args.dim, q_dim),
+              (ffn, args.dim), (ffn, args.dim), (args.dim, ffn)]
+    emb = args.vocab_size * args.dim
+    norms = (2 * args.n_layers + 1) * args.dim * b
+    if quantize in (None, "none"):
+        head = 0 if args.tie_embeddings else emb
+        return int((args.n_layers * sum(o * i for o, i in shapes) + emb + head) * b + norms)
+
+    def per_weight(in_features: int, head: bool = False) -> float:
+        if quantize == "bf16":
+            return 2
+        if quantize == "int4" and not head and in_features % 32 == 0:
+            return QUANT_BYTES["int4"]
+        return QUANT_BYTES["int8"]
+
+    blocks = args.n_layers * sum(o * i * per_weight(i) for o, i in shapes)
+    # a quantized head is its own copy, also of a tied embedding (but bf16 of a bf16 one is shared)
+    head = 0 if quantize == "bf16" and args.tie_embeddings and b == 2 else emb * per_weight(args.dim, head=True)
+    return int(blocks + head + emb * b + norms)
+
+
+def kv_bytes_per_token(args: ModelArgs, dtype: str = "float32") -> int:
+    """Bytes of K and V one token takes in the cache, over all layers."""
+    return 2 * args.n_layers * args.kv_heads * args.hd * DTYPE_BYTES[dtype]
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; binary units, three significant digits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"  # pragma: no cover
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -35,10 +35,15 @@ def engine_config(args: argparse.Namespace):
 
 
 def load_llm(args: argparse.Namespace):
-    from herd.engine.engine import LLM
+    from herd import hub
 
     params, config = sampling_params(args), engine_config(args)  # validate before the (slow) load
-    print(f"loading {args.model or 'smollm2-135m-instruct'} ...", file=sys.stderr, flush=True)
+    ref = hub.resolve(args.model)
+    # refuse a model that cannot fit before torch is even imported (random presets, CPU-only torch)
+    hub.check_memory(ref, dtype=args.dtype, device=args.device, quantize=args.quantize, engine_config=config)
+    from herd import LLM
+
+    print(f"loading {ref.name} ...", file=sys.stderr, flush=True)
     llm = LLM(args.model, dtype=args.dtype, device=args.device, engine_config=config, quantize=args.quantize)
     return llm, params
 
@@ -133,17 +138,27 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from herd.config import PRESETS
-    from herd.hub import BUILTIN_MODELS, DEFAULT_MODEL
+    from herd import hub
+    from herd.config import PRESETS, format_bytes, kv_bytes_per_token, weight_bytes
 
     print("built-in models:")
-    for name, desc in BUILTIN_MODELS.items():
-        mark = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"  {name}{mark}: {desc}")
-    print("random-weight presets (real Llama 3 tokenizer), use as random:<preset>:")
+    for name, b in hub.BUILTINS.items():
+        mark = " (default)" if name == hub.DEFAULT_MODEL else ""
+        path = hub.builtin_path(name)
+        where = f"at {path}" if path is not None else f"not downloaded: herd pull {name}"
+        print(f"  {name}{mark}: {b.description}, {format_bytes(b.size)}; {where}")
+    print("random-weight presets (real Llama 3 tokenizer), use as random:<preset>. Weights as loaded with")
+    print("--dtype float32 / bfloat16 and --quantize int8 / int4 (float32 embeddings), KV cache per 1K tokens:")
+    cols = ("preset", "params", "float32", "bfloat16", "int8", "int4", "KV/1K (bf16)")
+    rows = []
     for name, a in PRESETS.items():
-        print(f"  random:{name}: {a.num_params() / 1e9:.2f}B params, dim {a.dim}, {a.n_layers} layers, "
-              f"{a.n_heads} heads / {a.kv_heads} KV heads")
+        sizes = [weight_bytes(a, "float32"), weight_bytes(a, "bfloat16"), weight_bytes(a, "float32", "int8"),
+                 weight_bytes(a, "float32", "int4"), 1024 * kv_bytes_per_token(a, "bfloat16")]
+        rows.append((f"random:{name}", f"{a.num_params() / 1e9:.2f}B", *map(format_bytes, sizes)))
+    widths = [max(len(r[i]) for r in (cols, *rows)) for i in range(len(cols))]
+    for r in (cols, *rows):
+        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     print("or a path: an HF directory (config.json + *.safetensors), a Meta directory "
-          "(params.json + consolidated.*.pth), or a .gguf file")
+          "(params.json + consolidated.*.pth), a .gguf file, or a Hugging Face repo ORG/NAME after herd pull")
+    print("herd refuses a model that does not fit in free memory before loading it, and says what would fit")
     return 0

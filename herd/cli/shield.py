@@ -12,13 +12,16 @@ EPILOG = """examples:
   herd shield --shield llama-guard --model ./Llama-Guard-3-1B --text "How do I make a bomb?"
   herd shield --shield llama-guard --model ./Llama-Guard-3-8B --messages dialog.json --exclude S6,S7 --json
   herd shield --shield llama-guard --model ./Llama-Guard-3-8B --messages dialog.json --show-prompt
+  herd shield --shield llama-guard --text "hi" --show-prompt --json
   herd shield --shield prompt-guard --model ./Prompt-Guard-86M --text "Ignore previous instructions" \\
       --param guard_type=jailbreak --param threshold=0.8
   herd shield --shield code-shield --messages reply.json
 The last message of the conversation is the one judged. --messages holds a JSON list of OpenAI
 (or Llama Stack) messages: [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}].
 --json prints the run-shield response {"violation": null | {violation_level, user_message, metadata}};
---show-prompt prints the exact Llama Guard prompt (with --json: text and token ids) without loading weights.
+--show-prompt prints the exact Llama Guard prompt (with --json: text and token ids) without loading weights;
+without --model it is Llama Guard 3 8B's prompt (S1-S14; --param with_s14=false for the 1B's) in the Llama 3
+tokenizer.
 exit status: 0 no violation, 1 violation, 2 error
 """
 SHIELDS = ("llama-guard", "prompt-guard", "code-shield")
@@ -40,7 +43,8 @@ def add_shield_parser(sub: Any) -> argparse.ArgumentParser:
                    help="a shield parameter (value parsed as JSON when it can be), e.g. prompt_format=recipe, "
                    "threshold=0.8, guard_type=jailbreak; repeatable")
     p.add_argument("--json", action="store_true", help='print the run-shield response {"violation": ...}')
-    p.add_argument("--show-prompt", action="store_true", help="print the exact Llama Guard prompt and stop")
+    p.add_argument("--show-prompt", action="store_true",
+                   help="print the exact Llama Guard prompt and stop (no weights loaded; --model optional)")
     p.add_argument("--list-categories", action="store_true", help="print the Llama Guard 3 S1-S14 taxonomy")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -99,8 +103,14 @@ def _show_prompt(args: argparse.Namespace, messages: list[Any], params: dict[str
     unknown = set(params) - {"excluded_categories", "prompt_format", "with_s14", "max_tokens"}
     if unknown:
         raise HerdError(f"llama-guard: unknown param(s) {', '.join(sorted(unknown))}")
-    tokenizer = hub.load_tokenizer_for(hub.resolve(args.model))
     with_s14 = params.get("with_s14")
+    if args.model is None:  # the prompt needs only the tokenizer: Llama Guard 3's is Llama 3's
+        from herd.tokenizer.tokenizer import Llama3Tokenizer
+
+        tokenizer = Llama3Tokenizer.default()
+        with_s14 = True if with_s14 is None else with_s14
+    else:
+        tokenizer = hub.load_tokenizer_for(hub.resolve(args.model))
     if with_s14 is None:
         with_s14 = is_8b_class(model_args_of(args.model))
     prompter = LlamaGuardPrompter(tokenizer, with_s14=bool(with_s14), prompt_format=params.get("prompt_format", "auto"),
@@ -143,7 +153,7 @@ def cmd_shield(args: argparse.Namespace) -> int:
         return 0
     if args.shield is None:
         raise HerdError("choose a shield with --shield llama-guard|prompt-guard|code-shield (or --list-categories)")
-    if args.shield != "code-shield" and not args.model:
+    if args.shield != "code-shield" and not args.model and not (args.show_prompt and args.shield == "llama-guard"):
         raise HerdError(f"--shield {args.shield} needs --model (the guard checkpoint's directory)")
     params = _params(args)
     messages = _messages(args)

@@ -1,7 +1,9 @@
 """Scheduled batch → tensors → one forward pass → next tokens. The engine's only device code.
 
 The KV cache is paged: per layer one tensor of `num_blocks * block_size` slots, (slots, Hkv, hd).
-A request's block table maps its positions to slots; attention reads K/V through it.
+A request's block table maps its positions to slots; attention reads K/V through it. The cache
+is what the runner passes to the model: a `DecodeCache` (herd/model/fused.py), so a fused model's
+decode steps run every block in one kernel call on it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import torch
 
 from herd.engine.scheduler import SchedulerOutput
 from herd.model import cpu_kernels
-from herd.model.llama import Transformer, attention
+from herd.model.fused import PagedStep
+from herd.model.llama import Transformer, attention, causal_mask
 
 
 @dataclass
@@ -21,8 +24,26 @@ class _Prefill:
     slots: torch.Tensor  # (S,) cache slots of positions 0..S-1 (S = start + q_len)
 
 
+def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+    """llama.attention for a short prefill chunk on the CPU: q (B, H, T, hd) over k/v (B, Hkv, S, hd)
+    as plain matmuls, the query heads of each KV head grouped (no repeated K/V)."""
+    b, h, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    rep = h // hkv
+    if q.device.type != "cpu" or t > 16:
+        return attention(q, k, v, start_pos)
+    qg = q.reshape(b, hkv, rep * t, d)  # rows ordered (head in group, query)
+    scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (B, Hkv, rep*T, S)
+    mask = causal_mask(t, s, start_pos, q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.repeat(rep, 1), float("-inf"))
+    out = torch.softmax(scores, dim=-1).type_as(q) @ v  # (B, Hkv, rep*T, hd)
+    return out.view(b, h, t, d)
+
+
 class PagedKVCache:
-    """Paged K/V tensors plus the per-step view (which tokens go where, who attends to what)."""
+    """Paged K/V tensors plus the per-step view (which tokens go where, who attends to what).
+    A `herd.model.fused.DecodeCache`: `attend` for any step, `decode_step` for decode-only ones."""
 
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, dtype: torch.dtype | None = None):
         a = model.args
@@ -45,10 +66,10 @@ class PagedKVCache:
         # herd's paged decode-attention kernel: reads each sequence's K/V in place through its
         # slot list (no gather copy, no padded columns); it takes fp32 queries, so fp32 models on
         # the CPU, and an fp32 or bf16 cache
-        self._paged = None
-        if (self.device.type == "cpu" and w.dtype is torch.float32 and self.dtype in (torch.float32, torch.bfloat16)
-                and cpu_kernels.available()):
-            self._paged = cpu_kernels.kernel("paged_decode")
+        ops = cpu_kernels.ops_for(self.device)
+        ok = ops is not None and w.dtype is torch.float32 and self.dtype in (torch.float32, torch.bfloat16)
+        self._paged = ops.paged_decode if ok else None
+        self._step: PagedStep | None = None
 
     @staticmethod
     def bytes_per_block(model: Transformer, block_size: int, dtype: torch.dtype) -> int:
@@ -93,20 +114,14 @@ class PagedKVCache:
                 self.dec_slots_flat = self.dec_slots.view(-1)
                 valid = torch.arange(width, device=self.device)[None, :] < self.dec_lens[:, None]  # (Bd, S)
                 self.dec_pad = ~valid[None, :, None, :]  # (1, Bd, 1, S), computed once per step
+        self._step = None
+        if not self.prefills and self._paged is not None:  # every row one sequence's next token
+            self._step = PagedStep(self.k, self.v, self.slot_mapping, self.dec_slots, self.dec_lens)
 
-    def decode_args(self, layer: int) -> tuple[torch.Tensor, ...] | None:
-        """(K cache, V cache, slot mapping, slot lists, lengths) of a layer when every row of this
-        step is one sequence's next token (what `cpu_kernels.decode_layer` runs), else None."""
-        if self.prefills or self._paged is None:
-            return None
-        return self.k[layer], self.v[layer], self.slot_mapping, self.dec_slots, self.dec_lens
-
-    def decode_stack_args(self) -> tuple | None:
-        """decode_args for all layers at once: (K caches, V caches, slot mapping, slot lists,
-        lengths), or None."""
-        if self.prefills or self._paged is None:
-            return None
-        return self.k, self.v, self.slot_mapping, self.dec_slots, self.dec_lens
+    def decode_step(self) -> PagedStep | None:
+        """This step's K/V for the one-call kernels (`cpu_kernels.decode_layers`) when every row
+        is one sequence's next token and the kernels read this cache, else None."""
+        return self._step
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q (1, H, N, hd), k/v (1, Hkv, N, hd) for the N packed tokens → (1, H, N, hd)."""
@@ -120,7 +135,7 @@ class PagedKVCache:
             rows = slice(p.q_start, p.q_start + p.q_len)
             ks = kc.index_select(1, p.slots)[None].to(q.dtype)  # (1, Hkv, S, hd)
             vs = vc.index_select(1, p.slots)[None].to(q.dtype)
-            out[:, :, rows] = attention(q[:, :, rows], ks, vs, p.slots.shape[0] - p.q_len)
+            out[:, :, rows] = few_query_attention(q[:, :, rows], ks, vs, p.slots.shape[0] - p.q_len)
         if len(self.dec_rows):
             out[0, :, self.dec_rows] = self._decode(q[0, :, self.dec_rows], kc, vc).transpose(0, 1)
         return out

@@ -65,6 +65,7 @@ class Scheduler:
         long_prefill_token_threshold: int = 0,
         stop_token_ids: frozenset[int] = frozenset(),
         max_model_len: int | None = None,
+        context_name: str = "the model's context",  # how errors name what max_model_len is
     ):
         if max_num_batched_tokens < 1 or max_num_seqs < 1 or long_prefill_token_threshold < 0:
             raise HerdError("max_num_batched_tokens and max_num_seqs must be >= 1, long_prefill_token_threshold >= 0")
@@ -74,6 +75,7 @@ class Scheduler:
         self.long_prefill_token_threshold = long_prefill_token_threshold
         self.stop_token_ids = frozenset(stop_token_ids)  # the tokenizer's end-of-turn / eos ids
         self.max_model_len = max_model_len  # total tokens (prompt + output) a sequence may reach
+        self.context_name = context_name
         self.requests: dict[str, Request] = {}  # every unfinished request
         self.num_preemptions_total = 0  # for metrics and tests
         # both queues stay sorted by (priority, arrival, add order): running is served in that
@@ -117,7 +119,7 @@ class Scheduler:
             if request.num_prompt_tokens >= self.max_model_len:
                 raise HerdError(
                     f"request {rid!r}: the prompt has {request.num_prompt_tokens} tokens; "
-                    f"the model's context is {self.max_model_len}"
+                    f"{self.context_name} is {self.max_model_len}"
                 )
             limit = min(limit, self.max_model_len)
         # the last sampled token is never computed, so it needs no KV slot

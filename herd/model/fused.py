@@ -1,6 +1,6 @@
 """Decode-friendly module swaps, applied from outside the model (as quantization is).
 
-    fuse_model(model)   # in place: QKV and gate/up projections concatenated, fused element-wise ops
+    fuse_model(model)   # in place: fused blocks, the stack of them as one module
 
 A small model's decode step is bound less by its weights than by the number of operations it
 runs: ~60 PyTorch ops per layer, each a Python call and a dispatch of a few microseconds. The
@@ -10,45 +10,84 @@ fused modules compute the same function with fewer, larger steps:
   for Q and K in one pass each;
 - `FusedFeedForward`: one projection for the gate and up weights, SiLU(gate) * up in one pass;
 - `FastRMSNorm`: the norm in one pass;
-- `FusedBlock`: the block of those; in a decode step (one new token per sequence, a paged
-  cache that offers `decode_args`, every projection on a herd kernel) the whole block runs as
-  one C++ call (`cpu_kernels.decode_layer`), the same kernels in the same order.
+- `FusedBlock`: the block of those, described for the kernels by its `LayerPlan`;
+- `FusedStack` (in place of the model's `Blocks`): in a decode step whose cache is a
+  `DecodeCache` (the engine's paged cache is), every block in one C++ call
+  (`cpu_kernels.decode_layers`): the same kernels in the same order, so the same results.
 
-On the CPU, with fp32 activations and no autograd, the fused element-wise ops run herd's
-kernels (`cpu_kernels`); anywhere else they fall back to the PyTorch ops of `llama.py`. The
-concatenated projections stay `nn.Linear`, so `quantize_model` can swap them afterwards.
+Whether herd's kernels run is decided once, by `cpu_kernels.ops_for(device)`; per call they
+take fp32 activations on the CPU without autograd, and anything else runs the PyTorch ops of
+`llama.py`. Fusing and quantizing commute: `quantize_model(fuse_model(m), q)` and
+`fuse_model(quantize_model(m, q))` give the same model (quantize.concat_rows keeps each
+format's rows exactly), and the plans follow any projection swapped since they were built.
 Parameter names change (wqkv, w13): save checkpoints from an unfused model.
 """
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from herd.model import cpu_kernels
+from herd.model.cpu_kernels import LayerPlan
 from herd.model.llama import (
     Attention,
+    Blocks,
+    Cache,
     FeedForward,
-    KVCache,
     RMSNorm,
     Transformer,
     TransformerBlock,
     apply_rope,
     attention,
 )
-from herd.model.quantize import DENSE_ROWS, kernel_args
+from herd.model.quantize import DENSE_ROWS, concat_rows, kernel_args
+
+
+@dataclass(frozen=True)
+class PagedStep:
+    """A decode step's paged K/V as the one-call kernels take them: every row of the step is
+    one sequence's next token."""
+
+    k: list[torch.Tensor]  # per layer (Hkv, slots, hd), fp32 or bf16
+    v: list[torch.Tensor]
+    slot_mapping: torch.Tensor  # (N,) int64: the cache slot of each row's new K/V
+    slots: torch.Tensor  # (N, W) int64: each sequence's slots, padded
+    lens: torch.Tensor  # (N,) int64: positions each sequence attends to
+
+
+@runtime_checkable
+class DecodeCache(Cache, Protocol):
+    """The fast path's contract: a `Cache` that can also hand this step's paged K/V to the
+    one-call kernels (`herd.engine.runner.PagedKVCache` does)."""
+
+    def decode_step(self) -> PagedStep | None:
+        """This step's K/V when every row decodes and the kernels can read the cache, else None."""
+        ...
 
 
 def use_kernels(x: torch.Tensor) -> bool:
     """Whether herd's CPU kernels can take this activation: fp32 on the CPU, no autograd."""
-    return x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled() and cpu_kernels.available()
+    return x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled()
 
 
-def _concat_linear(*linears: nn.Linear) -> nn.Linear:
-    w = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-    out = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-    out.weight = nn.Parameter(w, requires_grad=False)
-    return out
+def _op(name: str, like: torch.Tensor):
+    """The kernel `name` for modules whose weights are `like`, or None (PyTorch ops)."""
+    ops = cpu_kernels.ops_for(like.device)
+    return getattr(ops, name) if ops is not None else None
+
+
+def _decode_step(kernel, x: torch.Tensor, cache: Cache | None) -> PagedStep | None:
+    """The cache's step tensors when x (1, N, dim) can run as one kernel call: N sequences'
+    next tokens, few rows, fp32 on the CPU, a `DecodeCache` that offers them; else None."""
+    if kernel is None or x.shape[0] != 1 or x.shape[1] > DENSE_ROWS or not use_kernels(x):
+        return None
+    decode_step = getattr(cache, "decode_step", None)  # DecodeCache's method (a cheap probe per step)
+    return decode_step() if decode_step is not None else None
 
 
 class FastRMSNorm(nn.Module):
@@ -56,7 +95,7 @@ class FastRMSNorm(nn.Module):
         super().__init__()
         self.eps = norm.eps
         self.weight = norm.weight
-        self._kernel = cpu_kernels.kernel("rms_norm") if cpu_kernels.available() else None
+        self._kernel = _op("rms_norm", norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is not None and self.weight.dtype is torch.float32 and use_kernels(x):
@@ -72,11 +111,11 @@ class FusedAttention(nn.Module):
         super().__init__()
         self.layer_id = attn.layer_id
         self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
-        self.wqkv = _concat_linear(attn.wq, attn.wk, attn.wv)
+        self.wqkv = concat_rows(attn.wq, attn.wk, attn.wv)
         self.wo = attn.wo
-        self._rope = cpu_kernels.kernel("rope") if cpu_kernels.available() else None
+        self._rope = _op("rope", self.wqkv.weight)
 
-    def forward(self, x: torch.Tensor, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos, sin, start_pos: int, cache: Cache | None) -> torch.Tensor:
         b, t, _ = x.shape
         h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x).view(b * t, h + 2 * hkv, hd)  # (rows, heads of q | k | v, hd)
@@ -96,9 +135,9 @@ class FusedFeedForward(nn.Module):
     def __init__(self, ff: FeedForward):
         super().__init__()
         self.hidden = ff.w1.out_features
-        self.w13 = _concat_linear(ff.w1, ff.w3)  # rows: gate, then up
+        self.w13 = concat_rows(ff.w1, ff.w3)  # rows: gate, then up
         self.w2 = ff.w2
-        self._silu_mul = cpu_kernels.kernel("silu_mul") if cpu_kernels.available() else None
+        self._silu_mul = _op("silu_mul", self.w13.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.w13(x)
@@ -108,107 +147,99 @@ class FusedFeedForward(nn.Module):
 
 
 class FusedBlock(nn.Module):
+    PROJECTIONS = ((0, "wqkv"), (0, "wo"), (1, "w13"), (1, "w2"))  # (part: attention / feed_forward, name)
+
     def __init__(self, block: TransformerBlock):
         super().__init__()
         self.attention = FusedAttention(block.attention)
         self.feed_forward = FusedFeedForward(block.feed_forward)
         self.attention_norm = FastRMSNorm(block.attention_norm)
         self.ffn_norm = FastRMSNorm(block.ffn_norm)
-        self._layer = cpu_kernels.kernel("decode_layer") if cpu_kernels.available() else None
-        self._plan: tuple | None = None
-        # plain attributes (submodule attributes go through nn.Module.__getattr__, a cost per call
-        # that adds up over 30 blocks a step)
+        self._kernel = _op("decode_layer", block.attention_norm.weight)
+        self._layer_id = block.attention.layer_id
+        # plain references (submodule attributes go through nn.Module.__getattr__, a cost per
+        # call that adds up over 30 blocks a step): where the projections live, and the plan
+        self._parts = (self.attention._modules, self.feed_forward._modules)
+        self._native: tuple[tuple, Any] = ((), None)  # (the projections it was built from, plan)
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        """wqkv, wo, w13, w2 as they are now (quantize_model may swap them, before or after fusing)."""
+        return tuple(self._parts[part][name] for part, name in self.PROJECTIONS)
+
+    def plan(self) -> LayerPlan | None:
+        """This block as the one-call kernel takes it; None when a part has no kernel."""
+        projections = [kernel_args(m) for m in self.projections()]
+        n1, n2 = self.attention_norm, self.ffn_norm
+        if any(p is None for p in projections) or n1.eps != n2.eps:
+            return None
+        if n1.weight.dtype is not torch.float32 or n2.weight.dtype is not torch.float32:
+            return None
         a = self.attention
-        self._layer_id, self._heads, self._kv_heads = a.layer_id, a.n_heads, a.n_kv_heads
-        self._eps = block.attention_norm.eps
+        return LayerPlan(n1.weight, n2.weight, n1.eps, a.n_heads, a.n_kv_heads, *projections)
 
-    def _projections(self) -> tuple[nn.Module, ...]:
-        return self.attention.wqkv, self.attention.wo, self.feed_forward.w13, self.feed_forward.w2
+    def native_plan(self) -> Any | None:
+        """plan() as the C++ struct: built once, again only after a projection was swapped."""
+        mods = self.projections()
+        if mods != self._native[0]:
+            plan = self.plan()
+            self._native = (mods, plan.native() if plan is not None else None)
+        return self._native[1]
 
-    def _decode_plan(self) -> tuple | None:
-        """The tensors and formats `decode_layer` takes, built once (and again if a projection
-        was swapped since, e.g. by quantize_model); None when a part has no kernel."""
-        mods = self._projections()
-        if self._plan is not None and all(a is b for a, b in zip(self._plan[0], mods)):
-            return self._plan[1]
-        self._plan = (mods, None)
-        norms = (self.attention_norm.weight, self.ffn_norm.weight)
-        args = [kernel_args(m) for m in mods]
-        if any(a is None for a in args) or any(w.dtype is not torch.float32 for w in norms):
-            return None
-        if self.attention_norm.eps != self.ffn_norm.eps:
-            return None
-        tensors = [*norms] + [t for _, a, b in args for t in (a, b)]
-        self._plan = (mods, (tensors, [f for f, _, _ in args]))
-        return self._plan[1]
-
-    def one_call(self, x: torch.Tensor, cache) -> tuple | None:
-        """The plan and cache arguments when this step can run the block in one kernel call:
-        every row decodes (one token per sequence), few rows, fp32 on the CPU, kernels for
-        every projection; else None."""
-        if self._layer is None or cache is None or x.shape[0] != 1 or x.shape[1] > DENSE_ROWS:
-            return None
-        decode_args = getattr(cache, "decode_args", None)
-        args = decode_args(self._layer_id) if decode_args is not None else None
-        if args is None or not use_kernels(x):  # (a cache with args holds fp32 or bf16 K/V)
-            return None
-        plan = self._decode_plan()
-        return None if plan is None else (plan, args)
-
-    def forward(self, x, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
-        call = self.one_call(x, cache)
-        if call is not None:
-            (tensors, formats), args = call
-            out = self._layer(x[0].contiguous(), tensors, formats, self._eps, self._heads, self._kv_heads, cos, sin, *args)
+    def forward(self, x, cos, sin, start_pos: int, cache: Cache | None) -> torch.Tensor:
+        step = _decode_step(self._kernel, x, cache)
+        plan = self.native_plan() if step is not None else None
+        if plan is not None:
+            i = self._layer_id
+            out = self._kernel(x[0].contiguous(), plan, cos, sin, step.k[i], step.v[i], step.slot_mapping, step.slots, step.lens)
             return out.view(x.shape)
         h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class DecodeStack:
-    """All of a fused model's blocks for a decode step in one kernel call (`decode_layers`):
-    the same kernels in the same order as block by block, so the results are identical, without
-    ~10 us of Python per block and step. The blocks' plans are read once; `reset()` after
-    swapping projections (quantize_model does)."""
+class FusedStack(Blocks):
+    """The blocks; in a decode step on a `DecodeCache`, all of them in one kernel call
+    (`decode_layers`), without ~10 us of Python per block. Else block by block."""
 
-    def __init__(self, model: Transformer):
-        self.blocks = list(model.layers)
-        self._kernel = cpu_kernels.kernel("decode_layers")
-        self._flat: tuple | None | bool = None  # (tensors, formats, block 0); False: no stack
+    def __init__(self, blocks: Iterable[nn.Module]):
+        super().__init__(blocks)
+        first = next(iter(self), None)
+        self._kernel = _op("decode_layers", first.attention_norm.weight) if isinstance(first, FusedBlock) else None
+        # what the plans were built from: the blocks, and where each projection lives (a dict of
+        # modules, a name) with the module it held
+        self._blocks: list[nn.Module] = []
+        self._where: tuple[list[dict], list[str]] = ([], [])
+        self._projections: list[nn.Module] = []
+        self._plans: Any = None
 
-    def reset(self) -> None:
-        self._flat = None
+    def native_plans(self) -> Any | None:
+        """Every block's plan as the C++ list (None when a block has none): built once, again
+        after a block or a projection was swapped (two list comparisons a step)."""
+        blocks = list(self._modules.values())
+        if blocks != self._blocks or list(map(dict.__getitem__, *self._where)) != self._projections:
+            fused = [b for b in blocks if type(b) is FusedBlock]
+            self._blocks = blocks
+            self._where = ([b._parts[part] for b in fused for part, _ in b.PROJECTIONS],
+                           [name for _ in fused for _, name in FusedBlock.PROJECTIONS])
+            self._projections = list(map(dict.__getitem__, *self._where))
+            plans = [b.plan() if type(b) is FusedBlock else None for b in blocks]
+            self._plans = None if None in plans else cpu_kernels.native_plans(plans)
+        return self._plans
 
-    def _build(self) -> tuple | bool:
-        plans = [b._decode_plan() if isinstance(b, FusedBlock) and b._layer is not None else None for b in self.blocks]
-        if not plans or any(p is None for p in plans):
-            return False
-        return [t for p in plans for t in p[0]], [f for p in plans for f in p[1]], self.blocks[0]
-
-    def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor | None:
-        if h.shape[0] != 1 or h.shape[1] > DENSE_ROWS or not use_kernels(h):
-            return None
-        stack_args = getattr(cache, "decode_stack_args", None)
-        args = stack_args() if stack_args is not None else None
-        if args is None:  # (a cache with args holds fp32 or bf16 K/V)
-            return None
-        if self._flat is None:
-            self._flat = self._build()
-        if self._flat is False:
-            return None
-        tensors, formats, b0 = self._flat
-        out = self._kernel(h[0].contiguous(), tensors, formats, b0._eps, b0._heads, b0._kv_heads, cos, sin, *args)
+    def forward(self, h, cos, sin, start_pos: int, cache: Cache | None) -> torch.Tensor:
+        step = _decode_step(self._kernel, h, cache)
+        plans = self.native_plans() if step is not None else None
+        if plans is None:
+            return super().forward(h, cos, sin, start_pos, cache)
+        out = self._kernel(h[0].contiguous(), plans, cos, sin, step.k, step.v, step.slot_mapping, step.slots, step.lens)
         return out.view(h.shape)
 
 
 @torch.no_grad()
 def fuse_model(model: Transformer) -> Transformer:
-    """Swap every block (and the final norm) for the fused modules, in place."""
-    for i, layer in enumerate(model.layers):
-        if type(layer) is TransformerBlock:
-            model.layers[i] = FusedBlock(layer)
-    if isinstance(model.norm, RMSNorm):
+    """Swap the blocks for fused ones, their stack for FusedStack and the final norm, in place
+    (a fused model is left as it is); before or after quantize_model."""
+    if not isinstance(model.layers, FusedStack):
+        model.layers = FusedStack(FusedBlock(b) if type(b) is TransformerBlock else b for b in model.layers)
+    if type(model.norm) is RMSNorm:
         model.norm = FastRMSNorm(model.norm)
-    if cpu_kernels.available():
-        model.decode_stack = DecodeStack(model)
     return model

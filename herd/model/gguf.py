@@ -1,11 +1,18 @@
 """GGUF (llama.cpp) checkpoints of architecture `llama`: metadata to ModelArgs, tensors dequantized.
 
+The header comes from herd's own reader (herd/gguf_meta.py, shared with the tokenizer); tensor
+bytes are memory-mapped and dequantized one tensor at a time. F32/F16/BF16/Q8_0/Q4_0/Q4_1 are
+dequantized here with torch (bit-identical to gguf-py's numpy code, which transformers uses);
+other types (Q5_x, K-quants, ...) go through gguf-py's `dequantize`.
+
 GGUF's attn_q/attn_k rows are already in Meta's interleaved-RoPE order (llama.cpp's
 converter permutes HF weights the way Meta's checkpoints are laid out), so they load as-is.
 GGUF lists a tensor's dims fastest-first (ne0 = columns), the reverse of torch's order.
 """
 from __future__ import annotations
 
+import mmap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,45 +21,28 @@ import torch
 
 from herd.config import ModelArgs, RopeScaling
 from herd.errors import HerdError
+from herd.gguf_meta import GGUFHeader, TensorInfo, read_header
 from herd.model.llama import rope_frequencies
-from herd.model.weights import (
+from herd.model.tensors import (
     TensorIter,
-    _complete,
     check_shape,
+    complete,
     expected_shapes,
     name_map,
+    threads_for,
 )
 
 _REQUIRED = object()
+_CHUNK_BLOCKS = 1 << 16  # blocks dequantized per step (its scratch: 2 MiB)
 
 
-def _reader(path: Path) -> Any:
-    import gguf
-
-    if not path.is_file():
-        raise HerdError(f"{path}: file not found")
-    try:
-        return gguf.GGUFReader(path)  # np.memmap: tensor bytes stay on disk until dequantized
-    except Exception as e:  # a truncated file surfaces as a numpy reshape/index error
-        raise HerdError(f"{path}: not a readable GGUF file, truncated or corrupt ({type(e).__name__}: {e})") from None
-
-
-def _value(reader: Any, path: Path, key: str, default: Any = _REQUIRED) -> Any:
-    """A metadata value (str, number, or list for arrays)."""
-    from gguf import GGUFValueType
-
-    f = reader.fields.get(key)
-    if f is None:
+def _value(header: GGUFHeader, key: str, default: Any = _REQUIRED) -> Any:
+    """A metadata value (str, number, or tuple for arrays)."""
+    if key not in header.metadata:
         if default is _REQUIRED:
-            raise HerdError(f"{path}: GGUF metadata has no {key!r}")
+            raise HerdError(f"{header.path}: GGUF metadata has no {key!r}")
         return default
-
-    def one(part: np.ndarray, vtype: Any) -> Any:
-        return bytes(part).decode("utf-8") if vtype == GGUFValueType.STRING else part[0].item()
-
-    if f.types[0] == GGUFValueType.ARRAY:
-        return [one(f.parts[i], f.types[-1]) for i in f.data]
-    return one(f.parts[f.data[0]], f.types[0])
+    return header.metadata[key]
 
 
 def _scaling_from_factors(factors: np.ndarray, hd: int, theta: float, path: Path) -> RopeScaling | None:
@@ -84,33 +74,35 @@ def _scaling_from_factors(factors: np.ndarray, hd: int, theta: float, path: Path
     raise HerdError(f"{path}: rope_freqs tensor is not a Llama 3 RoPE scaling that herd can represent")
 
 
-def gguf_args(reader: Any, path: Path) -> ModelArgs:
-    """ModelArgs from a GGUF reader's llama.* metadata and tensor list."""
-    arch = _value(reader, path, "general.architecture", None)
+def gguf_args(header: GGUFHeader) -> ModelArgs:
+    """ModelArgs from a GGUF header's llama.* metadata and tensor table."""
+    path = header.path
+    arch = header.get("general.architecture")
     if arch != "llama":
         raise HerdError(f"{path}: unsupported GGUF architecture {arch!r} (only 'llama' is supported)")
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in header.tensors}
 
     def get(key: str, default: Any = _REQUIRED) -> Any:
-        return _value(reader, path, f"llama.{key}", default)
+        return _value(header, f"llama.{key}", default)
 
     dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
     n_kv = get("attention.head_count_kv", n_heads)
-    if isinstance(n_kv, list):
+    if isinstance(n_kv, tuple):
         raise HerdError(f"{path}: per-layer head_count_kv is not a Llama 3 model")
     hd = int(get("attention.key_length", 0) or get("rope.dimension_count", 0) or dim // n_heads)
     theta = float(get("rope.freq_base", 10000.0))
     emb = tensors.get("token_embd.weight")
     if emb is not None:
-        vocab = int(emb.shape[-1])  # GGUF dims are (ne0=dim, ne1=vocab)
+        vocab = int(emb.shape[0])  # torch order (vocab, dim)
     else:  # reported as a missing tensor later; size the model from the metadata meanwhile
-        vocab = int(get("vocab_size", 0) or len(_value(reader, path, "tokenizer.ggml.tokens", [])))
+        vocab = int(get("vocab_size", 0) or len(header.get("tokenizer.ggml.tokens", ())))
     kind = get("rope.scaling.type", None)
     if kind not in (None, "none"):
         raise HerdError(f"{path}: unsupported RoPE scaling type {kind!r} in GGUF metadata")
     scaling = None
     if "rope_freqs.weight" in tensors:
-        scaling = _scaling_from_factors(_dequantize(tensors["rope_freqs.weight"], path), hd, theta, path)
+        factors = _dequantize(tensors["rope_freqs.weight"], _open(path), path).numpy()
+        scaling = _scaling_from_factors(factors, hd, theta, path)
     try:
         return ModelArgs(
             dim=dim,
@@ -130,60 +122,142 @@ def gguf_args(reader: Any, path: Path) -> ModelArgs:
         raise HerdError(f"{path}: {e}") from None
 
 
-def _dequantize(t: Any, path: Path) -> np.ndarray:
-    """One tensor as fp32 numpy in torch dim order, in its own memory."""
-    from gguf.quants import dequantize
+# ---- dequantization -------------------------------------------------------------------------
 
-    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    out = np.empty(shape, dtype=np.float32)
-    data = t.data.reshape(shape[0], -1) if len(shape) > 1 else t.data.reshape(1, -1)
-    flat = out.reshape(data.shape[0], -1)
-    # a few MiB of rows at a time: gguf-py's temporaries for a whole embedding would be 2-3x its size
-    step = max(1, (1 << 22) // max(1, flat.shape[1]))
-    try:
-        for i in range(0, data.shape[0], step):
-            flat[i : i + step] = dequantize(data[i : i + step], t.tensor_type)
-    except NotImplementedError:
-        raise HerdError(f"{path}: tensor {t.name!r} has unsupported GGUF type {t.tensor_type.name}") from None
+
+def _half(blocks: torch.Tensor, start: int) -> torch.Tensor:
+    """The fp16 at byte `start` of every block, as fp32 (n, 1)."""
+    return blocks[:, start:start + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs: torch.Tensor, nib: torch.Tensor) -> torch.Tensor:
+    """(n, 16) bytes -> nib (n, 32): low nibbles are elements 0..15, high nibbles 16..31."""
+    torch.bitwise_and(qs, 15, out=nib[:, :16])
+    torch.bitwise_right_shift(qs, 4, out=nib[:, 16:])
+    return nib
+
+
+# Each writes the fp32 values of (n, block bytes) straight into `out` (n, 32): the integers are
+# converted in place and scaled there, so the only fresh memory a tensor touches is its own; the
+# products and sums round as gguf-py's numpy (d * q, then + m), so the results are bit-identical.
+def _q8_0(blocks: torch.Tensor, out: torch.Tensor, nib: torch.Tensor) -> None:
+    out.copy_(blocks[:, 2:].view(torch.int8))
+    out.mul_(_half(blocks, 0))
+
+
+def _q4_0(blocks: torch.Tensor, out: torch.Tensor, nib: torch.Tensor) -> None:
+    out.copy_(_nibbles(blocks[:, 2:], nib))
+    out.sub_(8.0)
+    out.mul_(_half(blocks, 0))
+
+
+def _q4_1(blocks: torch.Tensor, out: torch.Tensor, nib: torch.Tensor) -> None:
+    out.copy_(_nibbles(blocks[:, 4:], nib))
+    out.mul_(_half(blocks, 0))
+    out.add_(_half(blocks, 2))
+
+
+# ggml type id -> (bytes per block, elements per block, dequantizer into an (n_blocks, block) fp32 view)
+_BLOCK_KERNELS: dict[int, tuple[int, int, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]]] = {
+    8: (34, 32, _q8_0), 2: (18, 32, _q4_0), 3: (20, 32, _q4_1),
+}
+_PLAIN = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
+
+
+def _open(path: Path) -> mmap.mmap:
+    """The file mapped copy-on-write: writable for torch.frombuffer, never written back."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
+def _raw(t: TensorInfo, buf: mmap.mmap) -> torch.Tensor:
+    return torch.frombuffer(buf, dtype=torch.uint8, count=t.nbytes, offset=t.offset)
+
+
+def _dequantize(t: TensorInfo, buf: mmap.mmap, path: Path) -> torch.Tensor:
+    """One tensor as fp32 in torch dim order, in its own memory."""
+    with threads_for(t.numel):
+        return _dequantize_with(t, buf, path)
+
+
+def _dequantize_with(t: TensorInfo, buf: mmap.mmap, path: Path) -> torch.Tensor:
+    raw = _raw(t, buf)
+    if t.type_id in _PLAIN:
+        return raw.view(_PLAIN[t.type_id]).to(torch.float32, copy=True).view(t.shape)
+    out = torch.empty(t.shape, dtype=torch.float32)
+    kernel = _BLOCK_KERNELS.get(t.type_id)
+    if kernel is not None:
+        size, block, fn = kernel
+        blocks, flat = raw.view(-1, size), out.view(-1, block)
+        nib = torch.empty(min(blocks.shape[0], _CHUNK_BLOCKS), block, dtype=torch.uint8)  # reused scratch
+        for i in range(0, blocks.shape[0], _CHUNK_BLOCKS):
+            part = blocks[i:i + _CHUNK_BLOCKS]
+            fn(part, flat[i:i + _CHUNK_BLOCKS], nib[:part.shape[0]])
+        return out
+    _dequantize_gguf_py(t, raw.numpy(), out.numpy(), path)
     return out
 
 
-def _check_types(reader: Any, path: Path) -> None:
-    """Reject unsupported quant types before anything is allocated."""
-    from gguf import GGML_QUANT_SIZES
+def _dequantize_gguf_py(t: TensorInfo, raw: np.ndarray, out: np.ndarray, path: Path) -> None:
+    """The other types through gguf-py (numpy), a few MiB of rows at a time."""
     from gguf.quants import dequantize
 
-    ok: dict[Any, bool] = {}
-    for t in reader.tensors:
-        qt = t.tensor_type
-        if qt not in ok:
-            _, type_size = GGML_QUANT_SIZES[qt]
-            try:  # dequantize one zero block: the cheap, public way to ask gguf-py
-                dequantize(np.zeros((1, type_size), dtype=np.uint8), qt)
-                ok[qt] = True
-            except NotImplementedError:
-                ok[qt] = False
-        if not ok[qt]:
-            raise HerdError(f"{path}: tensor {t.name!r} has unsupported GGUF type {qt.name}")
+    rows = t.shape[0] if len(t.shape) > 1 else 1
+    data, flat = raw.reshape(rows, -1), out.reshape(rows, -1)
+    step = max(1, (1 << 22) // max(1, flat.shape[1]))
+    try:
+        for i in range(0, rows, step):
+            flat[i:i + step] = dequantize(data[i:i + step], t.type_id)
+    except NotImplementedError:
+        raise HerdError(f"{path}: tensor {t.name!r} has unsupported GGUF type {t.type_name}") from None
 
 
-def _iter_gguf(path: Path, reader: Any, args: ModelArgs) -> TensorIter:
+def _supported(type_id: int) -> bool:
+    if type_id in _PLAIN or type_id in _BLOCK_KERNELS:
+        return True
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    try:  # dequantize one zero block: the cheap, public way to ask gguf-py
+        qt = GGMLQuantizationType(type_id)
+        dequantize(np.zeros((1, GGML_QUANT_SIZES[qt][1]), dtype=np.uint8), qt)
+        return True
+    except (NotImplementedError, ValueError, KeyError):
+        return False
+
+
+def _check_types(header: GGUFHeader) -> None:
+    """Reject unsupported quant types before anything is allocated."""
+    ok: dict[int, bool] = {}
+    for t in header.tensors:
+        if t.type_id not in ok:
+            ok[t.type_id] = _supported(t.type_id)
+        if not ok[t.type_id]:
+            raise HerdError(f"{header.path}: tensor {t.name!r} has unsupported GGUF type {t.type_name}")
+
+
+def _iter_gguf(header: GGUFHeader, args: ModelArgs) -> TensorIter:
+    path = header.path
     names, shapes = name_map(args.n_layers, "gguf"), expected_shapes(args)
-    for t in reader.tensors:
+    buf = _open(path)
+    for t in header.tensors:
         if t.name == "rope_freqs.weight":  # folded into args.rope_scaling
             continue
         ours = names.get(t.name)
         if ours is None:
             raise HerdError(f"{path}: unknown tensor {t.name!r} (not a Llama weight)")
-        check_shape(path, t.name, ours, tuple(int(d) for d in reversed(t.shape.tolist())), shapes)
-        yield ours, torch.from_numpy(_dequantize(t, path))
+        check_shape(path, t.name, ours, t.shape, shapes)
+        yield ours, _dequantize(t, buf, path)
+
+
+def gguf_model_args(path: str | Path) -> ModelArgs:
+    """ModelArgs of a .gguf file from its header alone (no tensor is read but rope_freqs)."""
+    return gguf_args(read_header(path))
 
 
 def open_gguf(path: str | Path) -> tuple[ModelArgs, TensorIter]:
     """ModelArgs and a lazy iterator of (our_name, fp32 tensor), one tensor dequantized at a time."""
-    path = Path(path)
-    reader = _reader(path)
-    args = gguf_args(reader, path)
-    _check_types(reader, path)
-    return args, _complete(path, args, _iter_gguf(path, reader, args))
-
+    header = read_header(path)
+    args = gguf_args(header)
+    _check_types(header)
+    return args, complete(header.path, args, _iter_gguf(header, args))

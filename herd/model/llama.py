@@ -2,11 +2,13 @@
 
 Parameter names follow Meta's checkpoints (tok_embeddings, layers.N.attention.wq, ...);
 Q/K rows are in Meta's interleaved RoPE order, so `weights.py` un-permutes HF checkpoints.
-Read bottom-up: RMSNorm, RoPE, Attention, FeedForward, TransformerBlock, Transformer.
+Read bottom-up: RMSNorm, RoPE, the KV cache, Attention, FeedForward, TransformerBlock, Blocks,
+Transformer. Faster paths (herd/model/fused.py, quantize.py) are module swaps applied from outside.
 """
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +68,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---- KV cache -------------------------------------------------------------------------
 
 
-class KVCache(nn.Module):
-    """A contiguous per-layer K/V buffer (B, n_kv_heads, max_seq_len, head_dim).
+@runtime_checkable
+class Cache(Protocol):
+    """What attention asks of a KV cache: KVCache below, or the engine's paged cache."""
 
-    Any object with the same `attend` method can stand in (the engine's paged cache does)."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """Store k/v (B, Hkv, T, hd) of positions start.., then attend q (B, H, T, hd) over the cache."""
+        ...
+
+
+class KVCache(nn.Module):
+    """A contiguous per-layer K/V buffer (B, n_kv_heads, max_seq_len, head_dim): a `Cache`."""
 
     def __init__(self, args: ModelArgs, batch: int, max_seq_len: int, dtype: torch.dtype, device=None):
         super().__init__()
@@ -102,19 +111,9 @@ def causal_mask(t: int, s: int, start_pos: int, device) -> torch.Tensor | None:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
     """Causal GQA attention: q (B, H, T, hd) over k/v (B, Hkv, S, hd) with S = start_pos + T."""
-    b, h, t, d = q.shape
+    h, t = q.shape[1], q.shape[2]
     hkv, s = k.shape[1], k.shape[2]
     rep = h // hkv
-    if q.device.type == "cpu" and t <= 16:
-        # few queries (decode): plain matmuls beat the CPU SDPA kernel ~50x, and grouping the
-        # query heads of each KV head avoids materialising repeated K/V
-        qg = q.reshape(b, hkv, rep * t, d)  # rows ordered (head in group, query)
-        scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (B, Hkv, rep*T, S)
-        mask = causal_mask(t, s, start_pos, q.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask.repeat(rep, 1), float("-inf"))
-        out = torch.softmax(scores, dim=-1).type_as(q) @ v  # (B, Hkv, rep*T, hd)
-        return out.view(b, h, t, d)
     if rep > 1:  # repeat-interleave KV heads for their query groups
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
@@ -142,7 +141,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         start_pos: int,
-        cache: KVCache | None,
+        cache: Cache | None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
@@ -175,19 +174,26 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, start_pos: int, cache: Cache | None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class Transformer(nn.Module):
-    decode_stack = None  # a callable (h, cos, sin, cache) -> h or None (then: block by block)
+class Blocks(nn.ModuleList):
+    """The blocks, run in order: a module of its own, so the whole stack can be swapped."""
 
+    def forward(self, h, cos, sin, start_pos: int, cache: Cache | None) -> torch.Tensor:
+        for block in self:
+            h = block(h, cos, sin, start_pos, cache)
+        return h
+
+
+class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.layers = Blocks(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
@@ -205,7 +211,7 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         start_pos: int = 0,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) in fp32 for tokens (B, T) at positions start_pos.. (B, 1, V) if last_only."""
@@ -217,25 +223,20 @@ class Transformer(nn.Module):
         return self.output(self.norm(h)).float()
 
     def forward_flat(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache, logits_idx: torch.Tensor
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache, logits_idx: torch.Tensor
     ) -> torch.Tensor:
         """Logits (M, vocab) for a flattened batch: tokens/positions (N,) of many sequences packed
-        together; the paged `cache` knows which sequence each token belongs to; logits_idx (M,)
+        together; the (paged) `cache` knows which sequence each token belongs to; logits_idx (M,)
         picks the rows to project (one per sequence that samples)."""
         h = self.hidden(tokens[None], positions, 0, cache)[0]  # (N, dim)
         return self.output(self.norm(h[logits_idx])).float()
 
-    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, start_pos: int, cache) -> torch.Tensor:
+    def hidden(
+        self, tokens: torch.Tensor, positions: torch.Tensor, start_pos: int, cache: Cache | None
+    ) -> torch.Tensor:
         """The last block's output (B, T, dim) before the final norm."""
         cos, sin = rope_cos_sin(self.rope_freqs(tokens.device), positions)  # (T, hd/2)
-        h = self.tok_embeddings(tokens)
-        if self.decode_stack is not None:  # set by herd.model.fused: all blocks in one kernel call
-            out = self.decode_stack(h, cos, sin, cache)
-            if out is not None:
-                return out
-        for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, cache)
-        return h
+        return self.layers(self.tok_embeddings(tokens), cos, sin, start_pos, cache)
 
     def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
         """A KV cache on the model's device and dtype."""

@@ -14,6 +14,11 @@ batches), and on other devices, a layer dequantizes its weights for the dense GE
 Under "int4" the output head is int8 (as GGUF files keep the embedding / head at 8 bits):
 its logits are the most sensitive to rounding. Tied embeddings stay in the model's dtype for
 the lookup, which reads one row per token.
+
+Every format here rounds each weight row on its own, so stacking projections by rows
+(`concat_rows`, what fuse_model does to q|k|v and gate|up) gives the same numbers whether it
+happens before or after quantizing. Quantizing what is already quantized keeps those layers
+(so a model can be quantized part by part), but only in the same mode: another is an error.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from torch import nn
 
 from herd.errors import HerdError
 from herd.model import cpu_kernels
+from herd.model.cpu_kernels import Projection
 
 Mode = Literal["none", "bf16", "int8", "int4"]
 MODES: tuple[str, ...] = ("none", "bf16", "int8", "int4")
@@ -45,8 +51,9 @@ def _kernel(layer: nn.Module, x: torch.Tensor):
     return layer.kernel if x.numel() <= layer.max_rows * layer.in_features else None
 
 
-def _kernels_for(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and cpu_kernels.available()
+def _kernels_for(weight: torch.Tensor):
+    """herd's kernels for layers holding `weight` (cpu_kernels.ops_for decides), or None."""
+    return cpu_kernels.ops_for(weight.device)
 
 
 def _run(kernel, x: torch.Tensor, n: int, *weights: torch.Tensor) -> torch.Tensor:
@@ -65,12 +72,15 @@ class DenseLinear(nn.Module):
     the product (vdpbf16ps, sums in fp32), as a bf16 GEMM does; elsewhere it widens the weights.
     Shares the original weight tensor (no copy)."""
 
+    quantized_as: str | None = None  # the quantize_model mode that made it
+
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
-        ok = weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous() and _kernels_for(weight)
-        self.kernel = cpu_kernels.kernel("dense_mm") if ok else None
+        ops = _kernels_for(weight)
+        ok = weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous() and ops is not None
+        self.kernel = ops.dense_mm if ok else None
         self.max_rows = DENSE_ROWS
 
     @classmethod
@@ -92,7 +102,8 @@ class _PackedLinear(nn.Module):
     """A weight-only quantized Linear: herd's kernel on its packed tensors for few rows on the
     CPU, else the dense GEMM on the dequantized weights."""
 
-    FORMAT: int  # as cpu_kernels.decode_layer numbers them: 1 int8, 2 int4
+    FORMAT: int  # as cpu_kernels.Projection numbers them: 1 int8, 2 int4
+    quantized_as: str | None = None  # the quantize_model mode that made it
 
     @property
     def max_rows(self) -> int:  # a property: cpu_kernels.int8_activations() can switch per process
@@ -128,8 +139,10 @@ class Int8Linear(_PackedLinear):
         self.group_size = self.in_features // scales.shape[1]
         self.register_buffer("weight", weight)  # (N, K) int8
         self.register_buffer("scales", scales)  # (N, K / group_size) fp16
-        self.kernels = _kernels_for(weight)  # decided once, not per call
-        self.kernel = cpu_kernels.kernel("int8_mm") if self.kernels and self.group_size % 16 == 0 else None
+        ops = _kernels_for(weight)  # decided once, not per call
+        self.kernels = ops is not None
+        self._dequant = ops.int8_dequant if ops is not None else None
+        self.kernel = ops.int8_mm if ops is not None and self.group_size % 16 == 0 else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -142,8 +155,8 @@ class Int8Linear(_PackedLinear):
         return cls(q.view(n, k).contiguous(), d.contiguous())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.kernels and self.weight.device.type == "cpu":
-            return torch.ops.herd_woq.int8_dequant(self.weight, self.scales).to(dtype)
+        if self._dequant is not None and self.weight.device.type == "cpu":
+            return self._dequant(self.weight, self.scales).to(dtype)
         n, k = self.out_features, self.in_features
         w = self.weight.view(n, -1, self.group_size).float() * self.scales.float()[..., None]
         return w.view(n, k).to(dtype)
@@ -171,8 +184,10 @@ class Int4Linear(_PackedLinear):
         self.out_features, self.in_features = weight.shape[0], weight.shape[1] * 2
         self.register_buffer("weight", weight)  # (N, K/2) uint8
         self.register_buffer("scale_min", scale_min)  # (N, K/32, 2) fp16
-        self.kernels = _kernels_for(weight)
-        self.kernel = cpu_kernels.kernel("int4_mm") if self.kernels else None
+        ops = _kernels_for(weight)
+        self.kernels = ops is not None
+        self._dequant = ops.int4_dequant if ops is not None else None
+        self.kernel = ops.int4_mm if ops is not None else None
 
     @classmethod
     def supports(cls, linear: nn.Linear) -> bool:
@@ -192,8 +207,8 @@ class Int4Linear(_PackedLinear):
         return cls(packed.reshape(n, k // 2).contiguous(), torch.stack([d, m], dim=-1).contiguous())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.kernels and self.weight.device.type == "cpu":
-            return torch.ops.herd_woq.int4_dequant(self.weight, self.scale_min).to(dtype)
+        if self._dequant is not None and self.weight.device.type == "cpu":
+            return self._dequant(self.weight, self.scale_min).to(dtype)
         n, k = self.out_features, self.in_features
         b = self.weight.view(n, k // self.GROUP, 16)
         q = torch.cat([b & 15, b >> 4], dim=-1).float()  # (N, G, 32)
@@ -207,16 +222,42 @@ class Int4Linear(_PackedLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.GROUP}"
 
 
-def kernel_args(layer: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-    """(format, tensor, tensor) for a projection whose decode runs herd's kernel, as
-    `cpu_kernels.decode_layer` takes it (0 dense, 1 int8, 2 int4), or None."""
+def kernel_args(layer: nn.Module) -> Projection | None:
+    """The projection as herd's kernels take it (format 0 dense, 1 int8, 2 int4: see
+    cpu_kernels.Projection), or None when its decode does not run a kernel."""
     if getattr(layer, "kernel", None) is None:
         return None
     if isinstance(layer, DenseLinear):
-        return 0, layer.weight, layer.weight
+        return Projection(0, layer.weight, layer.weight)
     if isinstance(layer, _PackedLinear):
-        return (layer.FORMAT, *layer.packed())
+        return Projection(layer.FORMAT, *layer.packed())
     return None
+
+
+def concat_rows(*layers: nn.Module) -> nn.Module:
+    """One projection whose output is the given ones' side by side (their weights stacked by
+    rows), in the format they share: exact for every format here (each rounds a row on its own)."""
+    kind = type(layers[0])
+    if any(type(m) is not kind for m in layers):
+        raise HerdError(f"cannot fuse projections of different kinds: {', '.join(type(m).__name__ for m in layers)}")
+    out: nn.Module | None = None
+    if kind is Int8Linear:
+        if len({m.group_size for m in layers}) != 1:
+            raise HerdError("cannot fuse int8 projections with different group sizes")
+        out = Int8Linear(torch.cat([m.weight for m in layers]), torch.cat([m.scales for m in layers]))
+    elif kind is Int4Linear:
+        out = Int4Linear(torch.cat([m.weight for m in layers]), torch.cat([m.scale_min for m in layers]))
+    elif kind is DenseLinear:
+        out = DenseLinear(torch.cat([m.weight.detach() for m in layers]))
+    if out is not None:
+        out.quantized_as = layers[0].quantized_as
+        return out
+    if kind is nn.Linear and all(m.bias is None for m in layers):
+        w = torch.cat([m.weight.detach() for m in layers])
+        out = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        out.weight = nn.Parameter(w, requires_grad=False)
+        return out
+    raise HerdError(f"cannot fuse {kind.__name__} projections (bias-free nn.Linear or herd's quantized layers)")
 
 
 def _swap(model: nn.Module, make) -> int:
@@ -244,9 +285,17 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
     output head int8. "none": weights as
     they are, but on a CPU with herd's kernels built the few-row products use its GEMV
     (DenseLinear). Embeddings, norms and everything else are left as they are.
+
+    Before or after fuse_model, the same model. Layers already quantized in this mode are kept
+    (a model can be quantized part by part, as hub.load does block by block); in another mode,
+    a HerdError.
     """
     if mode not in MODES:
         raise HerdError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
+    for name, m in model.named_modules():
+        if isinstance(m, (DenseLinear, _PackedLinear)) and m.quantized_as not in (None, mode):
+            raise HerdError(f"{name} is already quantized as {m.quantized_as!r}, not {mode!r}: "
+                            "quantize the floating-point model")
 
     def make(name: str, linear: nn.Linear) -> nn.Module | None:
         if linear.bias is not None:
@@ -256,16 +305,19 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
         if mode == "bf16":  # weight-only: bf16 weights (half the bytes), activations as they are
             return DenseLinear(linear.weight.detach().to(torch.bfloat16))
         if mode == "none":
-            cpu = linear.weight.device.type == "cpu" and linear.weight.dtype in (torch.float32, torch.bfloat16)
-            return DenseLinear.from_linear(linear) if cpu and cpu_kernels.available() else None
+            ok = linear.weight.dtype in (torch.float32, torch.bfloat16) and _kernels_for(linear.weight) is not None
+            return DenseLinear.from_linear(linear) if ok else None
         if mode == "int4" and name != "output" and Int4Linear.supports(linear):
             return Int4Linear.from_linear(linear)
         return Int8Linear.from_linear(linear)
 
-    _swap(model, make)
-    stack = getattr(model, "decode_stack", None)
-    if stack is not None:  # a fused model's one-call decode reads the projections it had
-        stack.reset()
+    def tagged(name: str, linear: nn.Linear) -> nn.Module | None:
+        new = make(name, linear)
+        if new is not None:
+            new.quantized_as = mode
+        return new
+
+    _swap(model, tagged)
     return model
 
 

@@ -7,70 +7,38 @@ order; HF checkpoints store them in rotate_half order and are permuted on the wa
 """
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from herd.config import ModelArgs, read_json
+from herd.config import ModelArgs, detect_layout, read_json
 from herd.errors import HerdError
+from herd.model.gguf import gguf_model_args, open_gguf
 from herd.model.llama import Transformer
+from herd.model.tensors import (
+    NAME_TABLE,
+    TensorIter,
+    check_shape,
+    complete,
+    expected_shapes,
+    name_map,
+    no_init,
+    split_dim,
+    threads_for,
+)
 
 Layout = Literal["hf", "meta", "gguf"]
-TensorIter = Iterator[tuple[str, torch.Tensor]]
-
-# The one name table: our (Meta) name, HF name, GGUF name, and the dim Meta's model-parallel
-# shards split on (None: replicated). "{i}" is the layer index.
-NAME_TABLE: tuple[tuple[str, str, str, int | None], ...] = (
-    ("tok_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight", 0),
-    ("norm.weight", "model.norm.weight", "output_norm.weight", None),
-    ("output.weight", "lm_head.weight", "output.weight", 0),
-    ("layers.{i}.attention.wq.weight", "model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", 0),
-    ("layers.{i}.attention.wk.weight", "model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", 0),
-    ("layers.{i}.attention.wv.weight", "model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", 0),
-    ("layers.{i}.attention.wo.weight", "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", 1),
-    ("layers.{i}.feed_forward.w1.weight", "model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", 0),
-    ("layers.{i}.feed_forward.w2.weight", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", 1),
-    ("layers.{i}.feed_forward.w3.weight", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", 0),
-    ("layers.{i}.attention_norm.weight", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", None),
-    ("layers.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", None),
-)
-_COLUMN = {"meta": 0, "hf": 1, "gguf": 2}
+# NAME_TABLE, name_map, split_dim, expected_shapes, check_shape live in tensors.py (shared with gguf.py)
 
 
-def name_map(n_layers: int, fmt: Literal["hf", "gguf"]) -> dict[str, str]:
-    """{name in `fmt` -> our name} for a model with n_layers."""
-    col = _COLUMN[fmt]
-    out: dict[str, str] = {}
-    for row in NAME_TABLE:
-        for i in range(n_layers) if "{i}" in row[0] else [None]:
-            out[row[col].format(i=i)] = row[0].format(i=i)
-    return out
-
-
-def split_dim(name: str) -> int | None:
-    """The dim Meta's model-parallel shards split `name` on (None: replicated)."""
-    generic = ".".join("{i}" if p.isdigit() else p for p in name.split("."))
-    for row in NAME_TABLE:
-        if row[0] == generic:
-            return row[3]
-    raise KeyError(name)
-
-
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    """Our tensor names and shapes for `args`, read off a Transformer built on `meta`."""
-    return dict(_shapes(args))
-
-
-@functools.lru_cache(maxsize=8)
-def _shapes(args: ModelArgs) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"):
-        model = Transformer(args)
-    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+def empty_model(args: ModelArgs) -> Transformer:
+    """The Transformer for `args` on the `meta` device: no memory taken and no random init run."""
+    with no_init(), torch.device("meta"):
+        return Transformer(args)
 
 
 # ---- the HF rotate_half <-> Meta interleaved Q/K row order ---------------------------------
@@ -97,53 +65,7 @@ def _qk_heads(name: str, args: ModelArgs) -> int | None:
     return None
 
 
-def check_shape(
-    file: Path | str, src: str, ours: str, found: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]]
-) -> None:
-    """HerdError naming the file, the tensor and both shapes if `found` is not expected."""
-    if ours not in shapes:
-        raise HerdError(f"{file}: unexpected tensor {src!r} for this model config")
-    if tuple(found) != shapes[ours]:
-        raise HerdError(
-            f"{file}: tensor {src!r} ({ours}) has shape {list(found)}, expected {list(shapes[ours])}"
-        )
-
-
-def _complete(path: Path, args: ModelArgs, items: TensorIter) -> TensorIter:
-    """Pass `items` through, rejecting duplicates and, at the end, missing tensors."""
-    need = set(expected_shapes(args))
-    if args.tie_embeddings:
-        need.discard("output.weight")  # the embedding doubles as the output projection
-    seen: set[str] = set()
-    for name, t in items:
-        if name in seen:
-            raise HerdError(f"{path}: tensor {name!r} appears twice")
-        seen.add(name)
-        yield name, t
-    missing = sorted(need - seen)
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise HerdError(f"{path}: missing tensors {', '.join(missing[:5])}{more}")
-
-
-# ---- layout detection ------------------------------------------------------------------
-
-
-def detect_layout(path: str | Path) -> Layout:
-    """'gguf' for a file starting with the GGUF magic; 'hf' / 'meta' for a directory."""
-    path = Path(path)
-    if not path.exists():
-        raise HerdError(f"{path}: no such file or directory")
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) == b"GGUF":
-                return "gguf"
-        raise HerdError(f"{path}: not a GGUF file (a checkpoint directory or a .gguf file is expected)")
-    if (path / "config.json").is_file():
-        return "hf"
-    if (path / "params.json").is_file():
-        return "meta"
-    raise HerdError(f"{path}: neither a Hugging Face (config.json) nor a Meta (params.json) checkpoint")
+# ---- layout detection (herd.config.detect_layout: 'gguf' / 'hf' / 'meta') ----------------------
 
 
 def _parse_args(file: Path, parse: Callable[[dict], ModelArgs]) -> ModelArgs:
@@ -210,7 +132,7 @@ def open_hf(path: str | Path) -> tuple[ModelArgs, TensorIter]:
     """ModelArgs from config.json and a lazy iterator over (our_name, tensor)."""
     path = Path(path)
     args = _parse_args(path / "config.json", ModelArgs.from_hf_config)
-    return args, _complete(path, args, _iter_hf(path, args))
+    return args, complete(path, args, _iter_hf(path, args))
 
 
 def load_hf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
@@ -271,7 +193,7 @@ def open_meta(path: str | Path) -> tuple[ModelArgs, TensorIter]:
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
         raise HerdError(f"{path}: no consolidated.NN.pth files next to params.json")
-    return args, _complete(path, args, _iter_meta(path, args, files))
+    return args, complete(path, args, _iter_meta(path, args, files))
 
 
 def load_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
@@ -290,15 +212,11 @@ def open_checkpoint(path: str | Path) -> tuple[ModelArgs, TensorIter]:
         return open_hf(path)
     if layout == "meta":
         return open_meta(path)
-    from herd.model.gguf import open_gguf  # gguf-py is only needed for .gguf files
-
     return open_gguf(path)
 
 
 def load_gguf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """A llama-architecture GGUF file, dequantized to fp32, as ModelArgs and a state dict."""
-    from herd.model.gguf import open_gguf
-
     args, it = open_gguf(path)
     return args, dict(it)
 
@@ -309,25 +227,52 @@ def _assign(model: nn.Module, name: str, t: torch.Tensor) -> None:
     setattr(mod, leaf, nn.Parameter(t, requires_grad=getattr(mod, leaf).requires_grad))
 
 
+def checkpoint_args(path: str | Path) -> ModelArgs:
+    """A checkpoint's ModelArgs from its config / params / GGUF header, without reading weights."""
+    layout = detect_layout(path)
+    path = Path(path)
+    if layout == "hf":
+        return _parse_args(path / "config.json", ModelArgs.from_hf_config)
+    if layout == "meta":
+        return _parse_args(path / "params.json", ModelArgs.from_meta_params)
+    return gguf_model_args(path)
+
+
+BlockHook = Callable[[Transformer, int], None]
+
+
 def load_model(
     path: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     max_seq_len: int | None = None,
+    on_block: BlockHook | None = None,
 ) -> Transformer:
-    """Build the Transformer for a checkpoint and fill it one tensor at a time (~1x memory)."""
+    """Build the Transformer for a checkpoint and fill it one tensor at a time (~1x memory).
+
+    on_block(model, i) runs as soon as block i has all its weights (e.g. to fuse and quantize
+    it), so a quantized model never holds more than one block at the loaded precision."""
     layout = detect_layout(path)
     args, tensors = open_checkpoint(path)
     if max_seq_len is not None:
         args = args.replace(max_seq_len=max_seq_len)
-    with torch.device("meta"):  # no allocation and no random init for weights we overwrite
-        model = Transformer(args)
+    model = empty_model(args)  # no allocation and no random init for weights we overwrite
+    waiting = {i: {f"layers.{i}.{n}" for n, _ in block.named_parameters()} for i, block in enumerate(model.layers)}
     for name, t in tensors:
         u = t.to(device=device, dtype=dtype)
         if u is t and layout == "meta":  # still a view of the memory-mapped .pth: own it
             u = t.clone()
         _assign(model, name, u)  # HF and GGUF readers already hand out fresh tensors
+        del t, u
+        if on_block is not None and name.startswith("layers."):
+            i = int(name.split(".", 2)[1])
+            left = waiting.get(i)
+            if left is not None:
+                left.discard(name)
+                if not left:
+                    del waiting[i]
+                    on_block(model, i)
     if args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     return model.eval()
@@ -428,7 +373,24 @@ def save_meta(
 
 
 __all__ = [
-    "NAME_TABLE", "Layout", "detect_layout", "expected_shapes", "hf_to_meta_qk", "load_gguf",
-    "load_hf", "load_meta", "load_model", "meta_to_hf_qk", "name_map", "open_checkpoint",
-    "open_hf", "open_meta", "save_hf", "save_meta", "split_dim",
+    "NAME_TABLE",
+    "Layout",
+    "checkpoint_args",
+    "detect_layout",
+    "empty_model",
+    "expected_shapes",
+    "hf_to_meta_qk",
+    "load_gguf",
+    "load_hf",
+    "load_meta",
+    "load_model",
+    "meta_to_hf_qk",
+    "name_map",
+    "open_checkpoint",
+    "open_hf",
+    "open_meta",
+    "save_hf",
+    "save_meta",
+    "split_dim",
+    "threads_for",
 ]

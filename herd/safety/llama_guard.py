@@ -237,10 +237,8 @@ def _listed_in(text: str) -> tuple[str, ...]:
 def model_args_of(model: str | Path) -> ModelArgs:
     """A checkpoint's ModelArgs without loading its weights."""
     from herd import hub
-    from herd.model.weights import open_checkpoint
 
-    ref = hub.resolve(model)
-    return ref.args if ref.args is not None else open_checkpoint(ref.path)[0]
+    return hub.model_args(hub.resolve(model))
 
 
 class LlamaGuard:
@@ -286,7 +284,7 @@ class LlamaGuard:
     ) -> LlamaGuard:
         """Load a guard checkpoint; params are excluded_categories, prompt_format, with_s14, max_tokens."""
         from herd.config import EngineConfig
-        from herd.engine.engine import LLM
+        from herd.llm import LLM
 
         allowed = {"excluded_categories", "prompt_format", "with_s14", "max_tokens"}
         unknown = set(params) - allowed

@@ -131,8 +131,8 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     app.state.drain = Drain()
     app.state.providers = [provider_entry("inference", "herd", "inline::herd")]
     install_error_handlers(app)
-    include_routes(app)
     _mount_safety(app, config)
+    include_routes(app)
 
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(OpsMiddleware, settings=config.server, metrics=app.state.metrics, drain=app.state.drain,

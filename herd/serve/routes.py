@@ -20,7 +20,7 @@ from fastapi.responses import (
 )
 
 from herd import __version__
-from herd.serve import chat, completions, embeddings, models, safety, stored
+from herd.serve import chat, completions, embeddings, models, safety, stored, unserved
 from herd.serve import protocol as p
 from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.generation import CallContext, sampling_in
@@ -277,8 +277,9 @@ async def root(request: Request) -> dict[str, Any]:
 
 
 def include_routes(app: FastAPI) -> None:
-    """Every router on the app (the safety routes come with the shield registry: mount_safety)."""
+    """Every router on the app (the safety routes come with the shield registry: mount_safety, first)."""
     app.include_router(openai_routes, prefix="/v1")
     app.include_router(openai_routes, prefix="/v1/openai/v1", include_in_schema=False)  # Llama Stack 0.2 clients
     app.include_router(stack_routes)
     app.include_router(ops_routes)
+    app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

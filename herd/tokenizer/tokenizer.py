@@ -16,6 +16,8 @@ from typing import Any, Literal
 import tiktoken
 
 from herd.errors import HerdError
+from herd.gguf_meta import is_gguf
+from herd.tokenizer.gguf_vocab import read_vocab
 
 AllowedSpecial = Literal["all", "none"] | Collection[str]
 LITERAL_OPEN, LITERAL_CLOSE = "\ue000", "\ue001"  # private-use characters: see Tokenizer.mark_literal
@@ -476,12 +478,19 @@ def _is_tiktoken_file(path: Path) -> bool:
         return False
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
+class GGUFTokenizer(_TokenizersBackend):
+    """The tokenizer a GGUF file carries: byte-level BPE ("gpt2") or sentencepiece BPE ("llama"),
+    built by gguf_vocab.read_vocab from the header herd.gguf_meta reads (shared with the model loader)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        v = read_vocab(path, _BYTE_ALPHABET, LLAMA3_PATTERN)
+        self.path = v.path
+        self._setup(v.tokenizer, v.style)
+        self.special_tokens = v.special_tokens
+        self.bos_id, self.eos_id, self.pad_id = v.bos_id, v.eos_id, v.pad_id
+        self.stop_ids = self._with_llama3_stops(set(v.stop_ids))
+        self.chat_template = v.chat_template
+        self.add_bos = v.add_bos
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
@@ -498,9 +507,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
                         "original/tokenizer.model, one *.gguf)")
     if not p.is_file():
         raise HerdError(f"{p}: tokenizer file not found")
-    if _is_gguf(p):
-        from herd.tokenizer.gguf_vocab import GGUFTokenizer
-
+    if is_gguf(p):
         return GGUFTokenizer(p)
     if _is_tiktoken_file(p):
         return Llama3Tokenizer(p)
@@ -514,11 +521,3 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     raise HerdError(f"{p}: unrecognized tokenizer file (not tiktoken BPE, tokenizer.json or GGUF; "
                     "sentencepiece .model files are not supported, use tokenizer.json)")
 
-
-def __getattr__(name: str) -> Any:
-    # GGUFTokenizer lives in gguf_vocab.py (which imports this module); keep the short import path
-    if name == "GGUFTokenizer":
-        from herd.tokenizer.gguf_vocab import GGUFTokenizer
-
-        return GGUFTokenizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

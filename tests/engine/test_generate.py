@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from herd import hub
-from herd.engine.engine import LLM
+from herd.llm import LLM
 from herd.engine.generate import Detokenizer, generate
 from herd.engine.request import SamplingParams
 from herd.tokenizer.tokenizer import Llama3Tokenizer

@@ -8,8 +8,8 @@ from herd.model.llama import Transformer, rope_frequencies
 
 
 def tiny_args(**kw) -> ModelArgs:
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16,
-                rope_theta=10000.0, rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=32))
+    base = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, "multiple_of": 16,
+            "rope_theta": 10000.0, "rope_scaling": RopeScaling(factor=8.0, original_max_position_embeddings=32)}
     base.update(kw)
     return ModelArgs(**base)
 

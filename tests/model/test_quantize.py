@@ -218,14 +218,14 @@ def test_without_the_kernels_everything_runs_on_pytorch_ops(loaded):
     want = generate(ref, tok, prompt, params).token_ids
     code = f"""
 import json
-from herd.engine.engine import LLM
+from herd.llm import LLM
 from herd.engine.request import SamplingParams
 from herd.model import cpu_kernels
 assert not cpu_kernels.available() and not cpu_kernels.int8_activations()
 out = {{}}
 for mode in ("none", "int4"):
     llm = LLM("smollm2-135m-instruct", quantize=mode)
-    assert llm.model.decode_stack is None
+    assert llm.model.layers._kernel is None  # no one-call stack
     res = llm.generate([{prompt!r}], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
     out[mode] = res[0].outputs[0].token_ids
 print(json.dumps(out))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HF_CONFIGS, build_hf, transformers_from_gguf, write_gguf
+from modelkit import HF_CONFIGS, build_hf, transformers_from_gguf, write_gguf
 
 from herd.config import ModelArgs, RopeScaling
 from herd.errors import HerdError
@@ -115,8 +115,8 @@ def test_positions_beyond_8192(hf_checkpoint):
 
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    for k, t in a.items():
+        assert t.dtype == b[k].dtype and torch.equal(t, b[k]), k
 
 
 @pytest.mark.parametrize("name", ["gqa_scaled", "tied_gqa"])

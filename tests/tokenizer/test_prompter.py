@@ -69,7 +69,7 @@ def test_tool_round_trip_renders(prompter: Prompter) -> None:
 
 def test_llm_chat_with_a_tool_on_smollm2() -> None:
     """End to end on the 135M model: it may or may not call the tool; either way a well-formed reply."""
-    from herd.engine.engine import LLM
+    from herd.llm import LLM
     from herd.engine.request import SamplingParams
 
     llm = LLM("smollm2-135m-instruct", device="cpu", dtype="float32")
