@@ -16,7 +16,7 @@ RANK = {
     "errors": 0, "config": 0, "home": 0, "gguf_meta": 0,
     "model": 1, "tokenizer": 1,
     "hub": 2,
-    "engine": 3, "llm": 3,
+    "engine": 3, "llm": 3, "generator": 3,
     "serve": 4, "agents": 4, "safety": 4, "rag": 4, "eval": 4, "sdg": 4, "tools": 4,
     "train": 4,
     "cli": 5, "__init__": 5,
@@ -26,6 +26,9 @@ FORBIDDEN = {
     "model": {"tokenizer", "hub", "engine"},
     "tokenizer": {"model", "hub", "engine"},
     "train": {"engine", "serve", "hub", "cli", "agents", "safety", "rag", "eval", "sdg", "tools", "llm"},
+    # the stack reaches serve's in-process Generator only through the herd.generator protocol
+    "agents": {"serve"},
+    "tools": {"serve", "agents"},
 }
 STACK = {"serve", "agents", "safety", "rag", "eval", "sdg", "tools"}
 # what the stack may import from herd.model: the model itself and the sentence encoder; the rest

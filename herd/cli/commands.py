@@ -67,6 +67,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    if args.tools or args.mcp:
+        from herd.cli.agent_chat import cmd_agent_chat
+
+        return cmd_agent_chat(args, engine_config(args))
     llm, params = load_llm(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, Any]] = list(system)

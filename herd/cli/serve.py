@@ -27,7 +27,8 @@ print(c.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role"
 routes: /v1/chat/completions (POST; GET lists the stored ones, GET|DELETE /{id}), /v1/completions,
   /v1/embeddings, /v1/models[/{id}] (all also under /v1/openai/v1),
   /v1/inference/chat-completion|completion|embeddings, /v1/health, /v1/version, /v1/providers,
-  /v1/inspect/routes, /metrics (Prometheus). SIGINT/SIGTERM finish in-flight requests, then exit 0
+  /v1/inspect/routes, /v1/toolgroups[/{id}], /v1/tools[/{name}], /v1/tool-runtime/list-tools|invoke,
+  /metrics (Prometheus). SIGINT/SIGTERM finish in-flight requests, then exit 0
   (exit 3 when drain_timeout ran out and some were cut; 1 when the server could not start).
 config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
   server: {host: 127.0.0.1, port: 8321, api_keys: ["${env.HERD_API_KEY:=}"], max_request_bytes: 8388608,
@@ -42,6 +43,14 @@ config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
     - {id: llama, model: ./Llama-3.1-8B-Instruct, engine: {kv_cache_memory: 4294967296, max_num_seqs: 32}}
     - {id: small, model: smollm2-135m-instruct, quantize: int4}   # none | bf16 | int8 | int4
     - {id: all-MiniLM-L6-v2, type: embedding}
+  tools:                                # the tool runtime (/v1/tool-runtime, agents; see `herd tools --help`)
+    search_backend: auto                # auto (Brave if BRAVE_API_KEY, else Tavily if TAVILY_API_KEY, else
+    search_corpus: ./docs               #   offline: BM25 over these .txt/.md/.html files) | brave | tavily | offline
+    wolfram_api_key: ${env.WOLFRAM_ALPHA_API_KEY:=}   # none: sympy/pint compute what they can offline
+    code_interpreter: {timeout_s: 30, memory_mb: 1024, isolation: auto}
+    mcp_servers:                        # their tools join the runtime; groups registered over HTTP persist
+      - {toolgroup_id: mcp::files, command: npx, args: [-y, "@modelcontextprotocol/server-filesystem", /data]}
+      - {toolgroup_id: mcp::remote, url: "http://127.0.0.1:8000/mcp"}
 """
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -100,6 +109,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let a web page from ORIGIN call the API from a browser (repeatable; default: none, "
                    "CORS off)")
+    p.add_argument("--search-corpus", default=None, metavar="DIR",
+                   help="the web_search tool searches the .txt/.md/.html files of DIR (offline, no API key); "
+                   "sets tools.search_corpus and search_backend offline")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     p.add_argument("--no-access-log", action="store_true", help="no per-request JSON log lines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while loading")
@@ -165,7 +177,12 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     limits = cfg.limits
     if args.request_timeout is not None:
         limits = dataclasses.replace(limits, request_timeout=args.request_timeout)
-    return dataclasses.replace(cfg, server=server, limits=limits, models=tuple(out))
+    tools = cfg.tools
+    if getattr(args, "search_corpus", None):
+        if not os.path.isdir(os.path.expanduser(args.search_corpus)):
+            raise HerdError(f"--search-corpus {args.search_corpus}: not a directory")
+        tools = dataclasses.replace(tools, search_corpus=args.search_corpus, search_backend="offline")
+    return dataclasses.replace(cfg, server=server, limits=limits, models=tuple(out), tools=tools)
 
 
 def _name_of(ref: str) -> str:

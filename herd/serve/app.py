@@ -3,6 +3,7 @@ mapping (every error is `{"error": {...}}` with the right status), the routes (h
 the OpenAPI document (openapi.py) and the operations middleware (ops.py; CORS when configured)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from herd import __version__
 from herd.errors import HerdError
 from herd.serve import stored
+from herd.serve import tools as tool_runtime
 from herd.serve.config import ServerConfig
 from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.limits import Admission, Drain
@@ -25,6 +27,7 @@ from herd.serve.metrics import Metrics
 from herd.serve.models import ModelRegistry
 from herd.serve.openapi import openapi_document
 from herd.serve.routes import include_routes, mount_safety
+from herd.tools.builtin import default_registry
 
 log = logging.getLogger("herd.serve")
 
@@ -118,7 +121,10 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await tool_runtime.start(app.state.tools, app.state.tool_runtime)  # MCP servers: connect, restore
         yield
+        await app.state.tools.close()  # sandbox processes, MCP connections
+        app.state.tool_runtime.store.close()
         registry.shutdown()
 
     app = FastAPI(title="Herd", version=__version__, lifespan=lifespan,
@@ -132,6 +138,12 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     app.state.providers = [provider_entry("inference", "herd", "inline::herd")]
     install_error_handlers(app)
     _mount_safety(app, config)
+    # the tool runtime: the tool groups the agents, responses and /v1/tool-runtime call
+    app.state.tools = default_registry(config.tools, code_shield=_code_screen(app, config.tools.code_shield))
+    app.state.tool_runtime = tool_runtime.ToolRuntime(
+        configured={e["toolgroup_id"] for e in config.tools.mcp_servers}, registration=config.tools.mcp_registration)
+    app.state.providers += [provider_entry("tool_runtime", pid, kind)
+                            for pid, kind in tool_runtime.provider_entries(app.state.tools)]
     include_routes(app)
 
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
@@ -141,6 +153,23 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
         app.add_middleware(CORSMiddleware, allow_origins=list(config.server.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])
     return app
+
+
+def _code_screen(app: FastAPI, shield_id: str | None) -> Any:
+    """The code interpreter's screen: the configured shield (e.g. Code Shield) run on the code the model
+    wrote; its refusal text when the code must not run. None when `tools.code_shield` is unset."""
+    if shield_id is None:
+        return None
+    shields = getattr(app.state, "shields", None)
+    if shields is None:
+        raise HerdError(f"tools.code_shield {shield_id!r}: the safety layer is not installed")
+    shields.config(shield_id)  # an unknown id fails at start-up, naming the configured ones
+
+    async def screen(code: str) -> str | None:
+        violation = await asyncio.to_thread(shields.check, [shield_id], [{"role": "assistant", "content": code}])
+        return None if violation is None else violation.user_message
+
+    return screen
 
 
 def _mount_safety(app: FastAPI, config: ServerConfig) -> None:

@@ -12,6 +12,9 @@ models:
   - {id: all-MiniLM-L6-v2, type: embedding}
 shields:                              # passed to herd.safety (see `herd shield --help`)
   - {shield_id: llama-guard, type: llama-guard, model: ./Llama-Guard-3-1B}
+tools:                                # the tool runtime: web search, Wolfram|Alpha, code interpreter, MCP
+  search_corpus: ./docs               # offline web_search over these files when no search API key is set
+  mcp_servers: [{toolgroup_id: mcp::files, command: npx, args: [-y, "@modelcontextprotocol/server-filesystem"]}]
 ```
 Unknown keys are errors naming their path; values are converted to the field's type.
 """
@@ -28,6 +31,7 @@ from typing import Any, Literal
 
 from herd.config import EngineConfig
 from herd.errors import HerdError
+from herd.tools.builtin import ToolSettings
 
 DEFAULT_PORT = 8321
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -123,6 +127,7 @@ class ServerConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     models: tuple[ModelSpec, ...] = ()
     shields: tuple[dict[str, Any], ...] = ()  # raw entries for herd.safety
+    tools: ToolSettings = field(default_factory=ToolSettings)  # the tool runtime (herd/tools/builtin.py)
 
     @property
     def llm_specs(self) -> list[ModelSpec]:

@@ -25,7 +25,9 @@ SSE_EVENT: dict[str, Any] = {
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
                    "retry": {"type": "integer"}},
 }
-STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-completion", "/v1/inference/completion"}
+STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-completion", "/v1/inference/completion",
+             "/v1/responses", "/v1/agents/{agent_id}/session/{session_id}/turn",
+             "/v1/agents/{agent_id}/session/{session_id}/turn/{turn_id}/resume"}
 GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
 OPEN = {"/v1/health"}

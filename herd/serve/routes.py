@@ -20,8 +20,9 @@ from fastapi.responses import (
 )
 
 from herd import __version__
-from herd.serve import chat, completions, embeddings, models, safety, stored, unserved
+from herd.serve import agents, chat, completions, embeddings, models, responses, safety, stored, unserved
 from herd.serve import protocol as p
+from herd.serve import tools as tool_runtime
 from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.generation import CallContext, sampling_in
 from herd.serve.models import ModelRegistry
@@ -145,6 +146,47 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return models.model_get(_registry(request), model_id)
 
 
+# ---- OpenAI responses (herd/serve/responses.py; same two prefixes) ------------------------------
+
+
+def _responses(request: Request) -> responses.ResponseStore:
+    """The app's stored responses (<herd_home>/responses.sqlite), made on first use."""
+    state = request.app.state
+    if getattr(state, "responses", None) is None:
+        state.responses = responses.ResponseStore()
+    return state.responses
+
+
+@openai_routes.post("/responses")
+async def create_response(body: p.ResponseCreateRequest, request: Request) -> Response:
+    """OpenAI responses: input items, function / web_search / mcp tools, stream or not; kept unless store: false."""
+    ctx = context(request, "resp")
+    result = await responses.create_response(body, _registry(request), request.app.state.tools,
+                                              _responses(request), ctx)
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return StreamingResponse(responses.sse_events(result), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@openai_routes.get("/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> dict[str, Any]:
+    """A stored response."""
+    return await responses.get_response(_responses(request), response_id)
+
+
+@openai_routes.delete("/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    """Delete a stored response."""
+    return await responses.delete_response(_responses(request), response_id)
+
+
+@openai_routes.get("/responses/{response_id}/input_items", openapi_extra={"parameters": responses.ITEM_PARAMS})
+async def list_response_input_items(response_id: str, request: Request) -> dict[str, Any]:
+    """The items a stored response read (earlier responses' items first), as a page; newest first by default."""
+    return await responses.list_input_items(_responses(request), response_id, request.query_params)
+
+
 # ---- Llama Stack native, inspection ------------------------------------------------------------
 
 stack_routes = APIRouter(prefix="/v1")
@@ -257,6 +299,142 @@ def mount_safety(app: FastAPI, registry: Any) -> None:
     app.include_router(safety_routes)
 
 
+# ---- Llama Stack agents (0.2 classic; herd/serve/agents.py) ---------------------------------------
+
+agent_routes = APIRouter(prefix="/v1/agents")
+_SESSION = "/{agent_id}/session/{session_id}"
+
+
+@agent_routes.post("")
+async def create_agent(body: p.CreateAgentRequest, request: Request) -> dict[str, Any]:
+    """Create an agent: `{agent_config}` -> `{agent_id}` (model, tool groups and shields are checked)."""
+    return await agents.create_agent(body, request)
+
+
+@agent_routes.get("")
+async def list_agents(request: Request) -> dict[str, Any]:
+    return await agents.list_agents(request)
+
+
+@agent_routes.get("/{agent_id}")
+async def get_agent(agent_id: str, request: Request) -> dict[str, Any]:
+    return await agents.get_agent(agent_id, request)
+
+
+@agent_routes.delete("/{agent_id}")
+async def delete_agent(agent_id: str, request: Request) -> None:
+    """Delete an agent, its sessions and turns (and end its sessions' tool state)."""
+    await agents.delete_agent(agent_id, request)
+
+
+@agent_routes.post("/{agent_id}/session")
+async def create_session(agent_id: str, body: p.CreateSessionRequest, request: Request) -> dict[str, Any]:
+    return await agents.create_session(agent_id, body, request)
+
+
+@agent_routes.get("/{agent_id}/sessions")
+async def list_sessions(agent_id: str, request: Request) -> dict[str, Any]:
+    return await agents.list_sessions(agent_id, request)
+
+
+@agent_routes.get(_SESSION)
+async def get_session(agent_id: str, session_id: str, request: Request) -> dict[str, Any]:
+    """A session with its turns (`?turn_ids=` keeps only those)."""
+    return await agents.get_session(agent_id, session_id, request, request.query_params.getlist("turn_ids"))
+
+
+@agent_routes.delete(_SESSION)
+async def delete_session(agent_id: str, session_id: str, request: Request) -> None:
+    await agents.delete_session(agent_id, session_id, request)
+
+
+@agent_routes.post(_SESSION + "/turn")
+async def create_turn(agent_id: str, session_id: str, body: p.CreateTurnRequest, request: Request) -> Response:
+    """Run a turn: turn events as a stream (`stream: true`) or the finished Turn."""
+    ctx = context(request, "turn", native=True)
+    return await respond(agents.create_turn(agent_id, session_id, body, request, ctx), ctx)
+
+
+@agent_routes.post(_SESSION + "/turn/{turn_id}/resume")
+async def resume_turn(agent_id: str, session_id: str, turn_id: str, body: p.ResumeTurnRequest,
+                      request: Request) -> Response:
+    """Go on with a turn that awaits client tool responses."""
+    ctx = context(request, "turn", native=True)
+    return await respond(agents.resume_turn(agent_id, session_id, turn_id, body, request, ctx), ctx)
+
+
+@agent_routes.get(_SESSION + "/turn/{turn_id}")
+async def get_turn(agent_id: str, session_id: str, turn_id: str, request: Request) -> dict[str, Any]:
+    return await agents.get_turn(agent_id, session_id, turn_id, request)
+
+
+@agent_routes.get(_SESSION + "/turn/{turn_id}/step/{step_id}")
+async def get_step(agent_id: str, session_id: str, turn_id: str, step_id: str, request: Request) -> dict[str, Any]:
+    return await agents.get_step(agent_id, session_id, turn_id, step_id, request)
+
+
+# ---- tool groups and tool runtime (Llama Stack 0.2; herd/serve/tools.py) -------------------------
+
+tool_routes = APIRouter(prefix="/v1", tags=["tools"])
+
+
+def _tools(request: Request) -> tuple[Any, Any]:
+    """The app's tool registry and the tool runtime's state (store, HTTP-registered groups)."""
+    return request.app.state.tools, request.app.state.tool_runtime
+
+
+@tool_routes.get("/toolgroups")
+async def list_toolgroups(request: Request) -> dict[str, Any]:
+    """Every tool group: the built-in ones, the configured MCP servers and those registered over HTTP."""
+    return tool_runtime.list_groups(*_tools(request))
+
+
+@tool_routes.post("/toolgroups")
+async def register_toolgroup(body: p.RegisterToolGroupRequest, request: Request) -> None:
+    """Register an MCP server (provider_id "model-context-protocol", mcp_endpoint.uri); kept across restarts."""
+    await tool_runtime.register_group(*_tools(request), body)
+
+
+@tool_routes.get("/toolgroups/{toolgroup_id:path}")
+async def get_toolgroup(toolgroup_id: str, request: Request) -> dict[str, Any]:
+    """One tool group; 404 naming the registered ones."""
+    return tool_runtime.get_group(*_tools(request), toolgroup_id)
+
+
+@tool_routes.delete("/toolgroups/{toolgroup_id:path}")
+async def unregister_toolgroup(toolgroup_id: str, request: Request) -> None:
+    """Remove an MCP group registered over HTTP (built-in and configured groups: 400)."""
+    await tool_runtime.unregister_group(*_tools(request), toolgroup_id)
+
+
+@tool_routes.get("/tools", openapi_extra={"parameters": [
+    {"name": "toolgroup_id", "in": "query", "required": False, "schema": {"type": "string"}}]})
+async def list_tools(request: Request) -> dict[str, Any]:
+    """Tools, of one group with `?toolgroup_id=`."""
+    return await tool_runtime.list_tools(request.app.state.tools, request.query_params.get("toolgroup_id"))
+
+
+@tool_routes.get("/tools/{tool_name}")
+async def get_tool(tool_name: str, request: Request) -> dict[str, Any]:
+    """One tool by name; 404 naming the available ones."""
+    return tool_runtime.get_tool(request.app.state.tools, tool_name)
+
+
+@tool_routes.get("/tool-runtime/list-tools", openapi_extra={"parameters": [
+    {"name": "tool_group_id", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "mcp_endpoint[uri]", "in": "query", "required": False, "schema": {"type": "string"}}]})
+async def runtime_list_tools(request: Request) -> dict[str, Any]:
+    """Tool definitions: of a group (`tool_group_id`), of an MCP endpoint (`mcp_endpoint[uri]`), or all."""
+    return await tool_runtime.runtime_list_tools(*_tools(request), request.query_params)
+
+
+@tool_routes.post("/tool-runtime/invoke")
+async def invoke_tool(body: p.InvokeToolRequest, request: Request) -> dict[str, Any]:
+    """Run a tool: `{content, error_message, error_code, metadata}`; `session_id` (herd extension) keeps a
+    stateful tool's state (the code interpreter's kernel) across calls."""
+    return await tool_runtime.invoke(request.app.state.tools, body)
+
+
 # ---- operations (not in the API document) ------------------------------------------------------
 
 ops_routes = APIRouter(include_in_schema=False)
@@ -281,5 +459,7 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(openai_routes, prefix="/v1")
     app.include_router(openai_routes, prefix="/v1/openai/v1", include_in_schema=False)  # Llama Stack 0.2 clients
     app.include_router(stack_routes)
+    app.include_router(agent_routes)
+    app.include_router(tool_routes)
     app.include_router(ops_routes)
     app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

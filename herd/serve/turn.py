@@ -82,10 +82,11 @@ def tool_choice_value(choice: Any, tools: Sequence[ToolDefinition]) -> str:
 
 
 def _params_schema(tool: ToolDefinition) -> dict[str, Any]:
+    closed = {"additionalProperties": False}  # a forced call ends when its arguments do
     if tool.tool_name == "code_interpreter":
-        return {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+        return {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"], **closed}
     if tool.is_builtin:
-        return {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+        return {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], **closed}
     schema = copy.deepcopy(tool.parameters) if tool.parameters else {"type": "object", "properties": {}}
     schema.setdefault("type", "object")
     schema.setdefault("additionalProperties", False)  # as OpenAI strict mode: no invented arguments

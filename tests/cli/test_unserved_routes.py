@@ -22,13 +22,13 @@ def _app() -> FastAPI:
 
 
 @pytest.mark.parametrize("method,path,api", [
-    ("POST", "/v1/agents", "agents"),
-    ("POST", "/v1/agents/a1/session/s1/turn", "agents"),
+    ("POST", "/v1/datasets", "datasets"),
+    ("POST", "/v1/eval/benchmarks/b/jobs", "eval"),
     ("POST", "/v1/vector-io/query", "vector_io"),
-    ("GET", "/v1/tool-runtime/list-tools", "tool_runtime"),
+    ("POST", "/v1/tool-runtime/rag-tool/insert", "tool_runtime (rag-tool)"),
     ("POST", "/v1/post-training/supervised-fine-tune", "post_training"),
     ("POST", "/v1/synthetic-data-generation/generate", "synthetic_data_generation"),
-    ("POST", "/v1/responses", "OpenAI responses"),
+    ("POST", "/v1/batches", "OpenAI batches"),
     ("GET", "/v1/openai/v1/vector_stores/vs_1/files", "OpenAI vector_stores"),
     ("DELETE", "/v1/files/file-1", "OpenAI files"),
     ("POST", "/v1alpha/eval/benchmarks/b/jobs", "Llama Stack v1alpha"),
@@ -47,9 +47,9 @@ def test_unknown_routes_stay_404() -> None:
     app.add_exception_handler(APIError, api_error_response)
     app.include_router(unserved.router)
     c = TestClient(app)
-    assert c.get("/v1/agentsx").status_code == 404
-    assert c.get("/v2/agents").status_code == 404
-    assert c.post("/v1/agents").status_code == 501
+    assert c.get("/v1/datasetsx").status_code == 404
+    assert c.get("/v2/datasets").status_code == 404
+    assert c.post("/v1/datasets").status_code == 501
 
 
 def test_no_served_route_is_listed_as_unserved() -> None:

@@ -5,7 +5,10 @@ fields, so newer or older clients that add fields keep working. Responses are bu
 models, so that every shape lives in this package: `common` (bases, ids, dumping), `openai`,
 `stack` (Llama Stack native) and `safety`. `from herd.serve import protocol as p` gives them all.
 """
+from herd.serve.protocol.agents import *
 from herd.serve.protocol.common import *
 from herd.serve.protocol.openai import *
+from herd.serve.protocol.responses import *
 from herd.serve.protocol.safety import *
 from herd.serve.protocol.stack import *
+from herd.serve.protocol.tools import *
