@@ -1,22 +1,19 @@
-"""Agents, sessions and turns in one SQLite file under Herd's home (`agents.sqlite`), so they survive a
-restart. Each write is one transaction (WAL); the methods block and are thread-safe, so async code
-calls them through `asyncio.to_thread`. Unknown ids are `NotFoundError`s naming the id.
+"""Agents, sessions and turns in one SQLite file under Herd's home (`agents.sqlite`, a `StateFile`), so they
+survive a restart. Each write is one transaction (WAL); the methods block and are thread-safe, so async
+code calls them through `asyncio.to_thread`. Unknown ids are `NotFoundError`s naming the id.
 """
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
-from herd.home import herd_home
+from herd.home import StateFile
 
 FILENAME = "agents.sqlite"
 
@@ -67,107 +64,81 @@ class TurnRecord:
 
 
 class AgentStore:
-    """The agents database (one file; `path` None: `<herd_home>/agents.sqlite`)."""
+    """The agents database (one file; `path` None: `<herd_home>/agents.sqlite`, created on the first write)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._path = Path(path) if path is not None else None
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    @property
-    def path(self) -> Path:
-        return self._path or herd_home() / FILENAME
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                self._db.executescript(_SCHEMA)
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._state = StateFile(FILENAME, _SCHEMA, path)
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._state.close()
 
     # ---- agents -------------------------------------------------------------------------------
     def create_agent(self, config: dict[str, Any]) -> str:
         agent_id = new_id()
-        with self._tx() as db:
+        with self._state.write() as db:
             db.execute("INSERT INTO agents VALUES (?, ?, ?)", (agent_id, time.time(), json.dumps(config)))
         return agent_id
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """{agent_id, agent_config, created_at}."""
-        with self._tx() as db:
-            row = db.execute("SELECT id, created, config FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        with self._state.read() as db:
+            row = db.execute("SELECT id, created, config FROM agents WHERE id = ?", (agent_id,)).fetchone() \
+                if db else None
         if row is None:
             raise NotFoundError(f"agent {agent_id!r} not found", "agent_id")
         return _agent(row)
 
     def agents(self) -> list[dict[str, Any]]:
-        with self._tx() as db:
-            rows = db.execute("SELECT id, created, config FROM agents ORDER BY created, id").fetchall()
+        with self._state.read() as db:
+            rows = db.execute("SELECT id, created, config FROM agents ORDER BY created, id").fetchall() if db else []
         return [_agent(r) for r in rows]
 
     def delete_agent(self, agent_id: str) -> None:
-        with self._tx() as db:
-            if db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount == 0:
-                raise NotFoundError(f"agent {agent_id!r} not found", "agent_id")
+        with self._state.read() as db:
+            if db is not None:
+                with db:
+                    if db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount:
+                        return
+        raise NotFoundError(f"agent {agent_id!r} not found", "agent_id")
 
     # ---- sessions -----------------------------------------------------------------------------
     def create_session(self, agent_id: str, name: str) -> str:
         self.agent(agent_id)
         session_id = new_id()
-        with self._tx() as db:
+        with self._state.write() as db:
             db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (session_id, agent_id, name, time.time()))
         return session_id
 
+    def check_session(self, agent_id: str, session_id: str) -> None:
+        """NotFoundError naming the agent or the session when either does not exist."""
+        with self._state.read() as db:
+            _session_row(db, agent_id, session_id)
+
     def session(self, agent_id: str, session_id: str) -> dict[str, Any]:
         """{session_id, session_name, started_at, turns: [Turn]} (the turns in order)."""
-        with self._tx() as db:
-            row = db.execute("SELECT id, name, started FROM sessions WHERE id = ? AND agent_id = ?",
-                             (session_id, agent_id)).fetchone()
-            if row is None:
-                self._missing_session(db, agent_id, session_id)
-            turns = db.execute("SELECT turn FROM turns WHERE session_id = ? ORDER BY rowid",
-                               (session_id,)).fetchall()
+        with self._state.read() as db:
+            row = _session_row(db, agent_id, session_id)
+            turns = db.execute("SELECT turn FROM turns WHERE session_id = ? ORDER BY rowid", (session_id,)).fetchall()
         return {"session_id": row[0], "session_name": row[1], "started_at": iso(row[2]),
                 "turns": [json.loads(t[0]) for t in turns]}
 
     def sessions(self, agent_id: str) -> list[dict[str, Any]]:
         self.agent(agent_id)
-        with self._tx() as db:
+        with self._state.read() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM sessions WHERE agent_id = ? ORDER BY started, id",
                                             (agent_id,))]
         return [self.session(agent_id, s) for s in ids]
 
     def delete_session(self, agent_id: str, session_id: str) -> None:
-        with self._tx() as db:
-            n = db.execute("DELETE FROM sessions WHERE id = ? AND agent_id = ?", (session_id, agent_id)).rowcount
-            if n == 0:
-                self._missing_session(db, agent_id, session_id)
-
-    def _missing_session(self, db: sqlite3.Connection, agent_id: str, session_id: str) -> None:
-        if db.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone() is None:
-            raise NotFoundError(f"agent {agent_id!r} not found", "agent_id")
-        raise NotFoundError(f"session {session_id!r} not found for agent {agent_id!r}", "session_id")
+        with self._state.read() as db:
+            _session_row(db, agent_id, session_id)
+            with db:
+                db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     # ---- turns --------------------------------------------------------------------------------
     def save_turn(self, session_id: str, record: TurnRecord) -> None:
         """Insert or update a turn (its Turn object, status and loop state), atomically."""
-        with self._tx() as db:
+        with self._state.write() as db:
             db.execute("INSERT INTO turns (id, session_id, created, status, turn, state) VALUES (?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT(id) DO UPDATE SET status = excluded.status, turn = excluded.turn, "
                        "state = excluded.state",
@@ -175,8 +146,8 @@ class AgentStore:
                         json.dumps(record.state)))
 
     def turn(self, agent_id: str, session_id: str, turn_id: str) -> TurnRecord:
-        self.session(agent_id, session_id)  # 404s for the agent / session first
-        with self._tx() as db:
+        with self._state.read() as db:
+            _session_row(db, agent_id, session_id)  # 404s for the agent / session first
             row = db.execute("SELECT turn, status, state FROM turns WHERE id = ? AND session_id = ?",
                              (turn_id, session_id)).fetchone()
         if row is None:
@@ -186,11 +157,24 @@ class AgentStore:
     def history(self, session_id: str, before: str | None = None) -> list[dict[str, Any]]:
         """The messages of the session's turns so far (or those before turn `before`), in order: what the
         next turn's prompt starts with."""
-        with self._tx() as db:
+        with self._state.read() as db:
+            if db is None:
+                return []
             limit = db.execute("SELECT rowid FROM turns WHERE id = ?", (before,)).fetchone() if before else None
             rows = db.execute("SELECT state FROM turns WHERE session_id = ? AND status != 'failed' AND rowid < ? "
                               "ORDER BY rowid", (session_id, limit[0] if limit else 1 << 62)).fetchall()
         return [m for (state,) in rows for m in json.loads(state).get("messages", [])]
+
+
+def _session_row(db: sqlite3.Connection | None, agent_id: str, session_id: str) -> tuple[str, str, float]:
+    """(id, name, started) of a session of the agent; NotFoundError naming whichever is missing."""
+    row = db.execute("SELECT id, name, started FROM sessions WHERE id = ? AND agent_id = ?",
+                     (session_id, agent_id)).fetchone() if db else None
+    if row is not None:
+        return row
+    if db is None or db.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone() is None:
+        raise NotFoundError(f"agent {agent_id!r} not found", "agent_id")
+    raise NotFoundError(f"session {session_id!r} not found for agent {agent_id!r}", "session_id")
 
 
 def iso(t: float) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from herd.cli.repl import COMMANDS, read_message
 from herd.errors import HerdError
 
 
@@ -76,19 +77,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     history: list[dict[str, Any]] = list(system)
     interactive = sys.stdin.isatty()
     if interactive:
-        print("chat with the model; /reset clears the conversation, /exit quits", file=sys.stderr)
-    while True:
-        if interactive:
-            sys.stdout.write(">>> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line:  # end of input
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/exit":
-            break
+        print(f"chat with the model; {COMMANDS}", file=sys.stderr)
+    while (text := read_message(interactive)) is not None:
         if text == "/reset":
             history = list(system)
             print("(conversation cleared)", file=sys.stderr)

@@ -20,19 +20,17 @@ from herd.serve import protocol as p
 from herd.serve.errors import APIError, bad_request, not_found
 from herd.serve.generation import CallContext, first_then_rest
 from herd.serve.generator import ServedGenerator
+from herd.serve.safety import registry_of, shield_http_error
 from herd.tokenizer.messages import to_messages
 from herd.tools.base import ToolRegistry, UnknownToolError, UnknownToolGroupError
 
 
 def http_error(e: HerdError) -> APIError:
-    """Unknown agent / session / turn / tool / tool group: 404 naming it; any other HerdError: 400."""
+    """Unknown agent / session / turn / tool / tool group: 404 naming it; a shield's errors as the safety
+    routes answer them (unknown shield 404, a misbehaving guard model 502); any other HerdError: 400."""
     if isinstance(e, (NotFoundError, UnknownToolError, UnknownToolGroupError)):
         return not_found(str(e), e.param)
-    from herd.safety.shields import UnknownShieldError
-
-    if isinstance(e, UnknownShieldError):
-        return not_found(str(e), e.param, "shield_not_found")
-    return bad_request(str(e), e.param)
+    return shield_http_error(e)
 
 
 class AgentService:
@@ -83,14 +81,13 @@ def _config(raw: Any, request: Request) -> AgentConfig:
     _check_tools(request.app.state.tools, cfg.toolgroups, "agent_config.toolgroups")
     ids = [*cfg.input_shields, *cfg.output_shields, *cfg.tool_output_shields]
     if ids:
-        from herd.serve.safety import registry_of
 
         reg = registry_of(request)
         for sid in ids:
             try:
                 reg.config(sid)
             except HerdError as e:
-                raise http_error(e) from None
+                raise shield_http_error(e) from None
     return cfg
 
 
@@ -165,7 +162,7 @@ async def _env(request: Request, ctx: CallContext, agent_id: str, session_id: st
                extra: list[Any] | None = None, tool_config: dict[str, Any] | None = None) -> TurnEnv:
     svc = service(request)
     agent = await svc.call(svc.store.agent, agent_id)
-    await svc.call(svc.store.session, agent_id, session_id)
+    await svc.call(svc.store.check_session, agent_id, session_id)
     raw = dict(agent["agent_config"])
     if tool_config:  # a turn's tool_config overrides the agent's
         raw["tool_config"] = {**(raw.get("tool_config") or {}), **tool_config}
@@ -178,8 +175,6 @@ async def _env(request: Request, ctx: CallContext, agent_id: str, session_id: st
     model = request.app.state.registry.llm(cfg.model, "agent_config.model")
     shields = None
     if cfg.input_shields or cfg.output_shields or cfg.tool_output_shields:
-        from herd.serve.safety import registry_of
-
         shields = registry_of(request)
     return TurnEnv(cfg, ServedGenerator(model, ctx), request.app.state.tools, shields, session_id, refs)
 
@@ -213,45 +208,46 @@ async def _answer(turn: AgentTurn, run: AsyncIterator[dict[str, Any]], svc: Agen
     return last["event"]["payload"]["turn"] if last else turn.turn
 
 
+async def _run_locked(svc: AgentService, session_id: str, prepare: Any, stream: bool) -> Any:
+    """Take the session's lock, let `prepare()` (async) build the turn and its event iterator, and answer;
+    the lock is released when the turn is over, or at once when preparing it fails."""
+    lock = svc.lock(session_id)
+    await lock.acquire()
+    try:
+        turn, run = await prepare()
+    except BaseException as e:
+        lock.release()
+        if isinstance(e, HerdError):
+            raise http_error(e) from None
+        raise
+    return await _answer(turn, run, svc, session_id, lock, stream)
+
+
 async def create_turn(agent_id: str, session_id: str, body: p.CreateTurnRequest, request: Request,
                       ctx: CallContext) -> Any:
     svc = service(request)
     env = await _env(request, ctx, agent_id, session_id, body.toolgroups, body.tool_config)
-    lock = svc.lock(session_id)
-    await lock.acquire()
-    try:
+
+    async def prepare() -> tuple[AgentTurn, AsyncIterator[dict[str, Any]]]:
         before = await svc.call(svc.store.history, session_id)
-        history = to_messages(before) if before else []
-        turn = AgentTurn.new(env, history)
-        run = turn.start(body.messages, body.documents or ())
-    except HerdError as e:
-        lock.release()
-        raise http_error(e) from None
-    except BaseException:
-        lock.release()
-        raise
-    return await _answer(turn, run, svc, session_id, lock, body.stream)
+        turn = AgentTurn.new(env, to_messages(before) if before else [])
+        return turn, turn.start(body.messages, body.documents or ())
+
+    return await _run_locked(svc, session_id, prepare, body.stream)
 
 
 async def resume_turn(agent_id: str, session_id: str, turn_id: str, body: p.ResumeTurnRequest, request: Request,
                       ctx: CallContext) -> Any:
     svc = service(request)
     env = await _env(request, ctx, agent_id, session_id)
-    lock = svc.lock(session_id)
-    await lock.acquire()
-    try:
+
+    async def prepare() -> tuple[AgentTurn, AsyncIterator[dict[str, Any]]]:
         record: TurnRecord = await svc.call(svc.store.turn, agent_id, session_id, turn_id)
         if record.status != "awaiting_input":
             raise bad_request(f"turn {turn_id!r} is {record.status.replace('_', ' ')}, not awaiting tool "
                               "responses", "turn_id")
         before = await svc.call(svc.store.history, session_id, turn_id)
-        history = to_messages(before) if before else []
-        turn = AgentTurn(env, record, history)
-        run = turn.resume(body.tool_responses)
-    except HerdError as e:
-        lock.release()
-        raise http_error(e) from None
-    except BaseException:
-        lock.release()
-        raise
-    return await _answer(turn, run, svc, session_id, lock, body.stream)
+        turn = AgentTurn(env, record, to_messages(before) if before else [])
+        return turn, turn.resume(body.tool_responses)
+
+    return await _run_locked(svc, session_id, prepare, body.stream)

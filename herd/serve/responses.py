@@ -16,9 +16,6 @@ import asyncio
 import copy
 import json
 import logging
-import os
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -28,7 +25,7 @@ from typing import Any
 
 from herd.errors import HerdError
 from herd.generator import ChatDelta, ChatRequest, Generator
-from herd.home import herd_home
+from herd.home import StateFile
 from herd.serve import protocol as p
 from herd.serve.errors import APIError, bad_request, not_found
 from herd.serve.generation import first_then_rest, until_disconnected
@@ -70,57 +67,33 @@ class ResponseStore:
     async code calls them through `asyncio.to_thread`."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._path = Path(path) if path is not None else None  # None: <herd_home>/responses.sqlite
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self, create: bool) -> sqlite3.Connection | None:
-        if self._db is None:  # opened on first use: a server that stores nothing leaves no file
-            path = self._path or herd_home() / FILENAME
-            if not path.exists():
-                if not create:
-                    return None
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # conversations are private
-            db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+        self._state = StateFile(FILENAME, _SCHEMA, path)  # path None: <herd_home>/responses.sqlite
 
     def save(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Keep one finished response with the items it read."""
         row = (response["id"], int(response["created_at"]), response["model"], json.dumps(response),
                json.dumps(input_items))
-        with self._lock:
-            db = self._connect(create=True)
-            assert db is not None
-            with db:
-                db.execute("INSERT OR REPLACE INTO responses (id, created_at, model, response, input_items) "
-                           "VALUES (?, ?, ?, ?, ?)", row)
+        with self._state.write() as db:
+            db.execute("INSERT OR REPLACE INTO responses (id, created_at, model, response, input_items) "
+                       "VALUES (?, ?, ?, ?, ?)", row)
 
     def get(self, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """(the response, its input items), or None."""
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:
             row = db.execute("SELECT response, input_items FROM responses WHERE id = ?",
                              (response_id,)).fetchone() if db else None
         return (json.loads(row[0]), json.loads(row[1])) if row else None
 
     def delete(self, response_id: str) -> bool:
         """Forget one response; False if it was not stored."""
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:  # nothing stored yet: no file to create
             if db is None:
                 return False
             with db:
                 return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._state.close()
 
 
 async def _stored(store: ResponseStore, response_id: str, param: str = "response_id"

@@ -28,7 +28,8 @@ def registry_of(request: Request) -> ShieldRegistry:
     return reg
 
 
-def _http_error(e: HerdError, param: str | None = None) -> APIError:
+def shield_http_error(e: HerdError, param: str | None = None) -> APIError:
+    """A shield's HerdError as HTTP: unknown shield 404, a misbehaving guard model 502, bad input 400."""
     from herd.safety.llama_guard import GuardOutputError
 
     if isinstance(e, UnknownShieldError):
@@ -47,7 +48,7 @@ def run_shield(reg: ShieldRegistry, body: p.RunShieldRequest) -> p.RunShieldResp
     try:
         result = reg.run(body.shield_id, body.messages)
     except HerdError as e:
-        raise _http_error(e) from None
+        raise shield_http_error(e) from None
     return p.RunShieldResponse(**result.to_dict())
 
 
@@ -77,7 +78,7 @@ def moderate(reg: ShieldRegistry, body: p.ModerationRequest) -> p.ModerationResp
         shield_id = _moderation_shield(reg, body.model)
         results: list[ModerationResult] = reg.get(shield_id).moderate(_inputs(body.input))
     except HerdError as e:
-        raise _http_error(e, "model") from None
+        raise shield_http_error(e, "model") from None
     return p.ModerationResponse(id=f"modr-{uuid.uuid4()}", model=shield_id,
                               results=[p.ModerationResultModel(**r.to_dict()) for r in results])
 
@@ -104,4 +105,4 @@ def get_shield(reg: ShieldRegistry, identifier: str) -> p.ShieldResource:
     try:
         return _resource(reg, identifier)
     except HerdError as e:
-        raise _http_error(e) from None
+        raise shield_http_error(e) from None

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import sqlite3
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from herd.home import herd_home
+from herd.home import StateFile
 from herd.serve import protocol as p
 from herd.serve.config import ServerSettings
 from herd.serve.errors import bad_request, not_found
@@ -51,10 +48,8 @@ class ChatCompletionStore:
     thread-safe: async code calls them through `asyncio.to_thread`."""
 
     def __init__(self, path: str | Path | None = None, *, store_all: bool = False) -> None:
-        self._path = Path(path) if path is not None else None  # None: <herd_home>/chat_completions.sqlite
+        self._state = StateFile(FILENAME, _SCHEMA, path)  # path None: <herd_home>/chat_completions.sqlite
         self.store_all = store_all
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> ChatCompletionStore | None:
@@ -66,37 +61,18 @@ class ChatCompletionStore:
         """Whether a request with this `store` field is kept."""
         return self.store_all if requested is None else requested
 
-    def _connect(self, create: bool) -> sqlite3.Connection | None:
-        # opened on first use, so a server that never stores anything leaves no file behind
-        if self._db is None:
-            path = self._path or herd_home() / FILENAME
-            if not path.exists():
-                if not create:
-                    return None
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # conversations are private
-            db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
     def save(self, completion: dict[str, Any], input_messages: list[dict[str, Any]],
              metadata: dict[str, str] | None = None) -> None:
         """Keep one finished completion with the messages it answered (replaces one with the same id)."""
         row = (completion["id"], int(completion["created"]), completion["model"], json.dumps(completion),
                json.dumps(input_messages), json.dumps(metadata or {}))
-        with self._lock:
-            db = self._connect(create=True)
-            assert db is not None
-            with db:  # one transaction: committed whole or rolled back
-                db.execute(f"INSERT OR REPLACE INTO chat_completions (id, created, model, {_COLUMNS}) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", row)
+        with self._state.write() as db:
+            db.execute(f"INSERT OR REPLACE INTO chat_completions (id, created, model, {_COLUMNS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", row)
 
     def get(self, completion_id: str) -> dict[str, Any] | None:
         """The stored completion with `input_messages` and `metadata`; None if there is none."""
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM chat_completions WHERE id = ?",
                              (completion_id,)).fetchone() if db else None
         return _stored(row) if row else None
@@ -114,8 +90,7 @@ class ChatCompletionStore:
         for key, value in (metadata or {}).items():
             where.append("EXISTS (SELECT 1 FROM json_each(chat_completions.metadata) WHERE key = ? AND value = ?)")
             args += [key, value]
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:
             cursor = db.execute("SELECT created, id FROM chat_completions WHERE id = ?",
                                 (after,)).fetchone() if db and after is not None else None
             if after is not None and cursor is None:
@@ -132,8 +107,7 @@ class ChatCompletionStore:
 
     def delete(self, completion_id: str) -> bool:
         """Forget one completion; False if it was not stored."""
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:  # nothing stored yet: no file to create
             if db is None:
                 return False
             with db:
@@ -141,10 +115,7 @@ class ChatCompletionStore:
 
     def close(self) -> None:
         """Close the file (it reopens on next use)."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._state.close()
 
 
 async def save_completion(store: ChatCompletionStore, completion: dict[str, Any],

@@ -15,9 +15,7 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
-from herd.home import herd_home
+from herd.home import StateFile
 from herd.serve import protocol as p
 from herd.serve.errors import APIError, bad_request, not_found
 from herd.tools.base import (
@@ -63,57 +61,29 @@ class ToolGroupStore:
     nothing). Blocking and thread-safe; async code calls it through `asyncio.to_thread`."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._path = Path(path) if path is not None else None  # None: <herd_home>/toolgroups.sqlite
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    @property
-    def path(self) -> Path:
-        return self._path or herd_home(create=False) / FILENAME
-
-    def _connect(self, create: bool) -> sqlite3.Connection | None:
-        if self._db is None:  # opened on first use: a server nobody registers with leaves no file
-            path = self.path
-            if not path.exists():
-                if not create:
-                    return None
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+        self._state = StateFile(FILENAME, _SCHEMA, path)  # path None: <herd_home>/toolgroups.sqlite
 
     def all(self) -> list[dict[str, Any]]:
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:
             rows = db.execute("SELECT toolgroup_id, provider_id, mcp_uri, args FROM toolgroups ORDER BY created, "
                               "toolgroup_id").fetchall() if db else []
         return [{"toolgroup_id": g, "provider_id": pid, "mcp_uri": uri, "args": json.loads(args)}
                 for g, pid, uri, args in rows]
 
     def save(self, toolgroup_id: str, provider_id: str, mcp_uri: str, args: dict[str, Any] | None) -> None:
-        with self._lock:
-            db = self._connect(create=True)
-            assert db is not None
-            with db:
-                db.execute("INSERT OR REPLACE INTO toolgroups VALUES (?, ?, ?, ?, ?)",
-                           (toolgroup_id, provider_id, mcp_uri, json.dumps(args or {}), int(time.time())))
+        with self._state.write() as db:
+            db.execute("INSERT OR REPLACE INTO toolgroups VALUES (?, ?, ?, ?, ?)",
+                       (toolgroup_id, provider_id, mcp_uri, json.dumps(args or {}), int(time.time())))
 
     def delete(self, toolgroup_id: str) -> bool:
-        with self._lock:
-            db = self._connect(create=False)
+        with self._state.read() as db:  # nothing registered yet: no file to create
             if db is None:
                 return False
             with db:
                 return db.execute("DELETE FROM toolgroups WHERE toolgroup_id = ?", (toolgroup_id,)).rowcount > 0
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._state.close()
 
 
 @dataclass
