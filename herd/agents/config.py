@@ -13,6 +13,7 @@ from herd.errors import HerdError
 from herd.tokenizer.messages import ToolDefinition
 
 DEFAULT_MAX_INFER_ITERS = 10
+MAX_INFER_ITERS = 100  # a client's setting may not make one turn run the model (and tools) without end
 _TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
           "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "array": "array",
           "dict": "object", "object": "object"}
@@ -140,8 +141,8 @@ class AgentConfig:
         iters = raw.get("max_infer_iters", DEFAULT_MAX_INFER_ITERS)
         if iters is None:
             iters = DEFAULT_MAX_INFER_ITERS
-        if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
-            raise HerdError(f"{where}.max_infer_iters must be a positive integer, got {iters!r}",
+        if not isinstance(iters, int) or isinstance(iters, bool) or not 1 <= iters <= MAX_INFER_ITERS:
+            raise HerdError(f"{where}.max_infer_iters must be an integer from 1 to {MAX_INFER_ITERS}, got {iters!r}",
                             f"{where}.max_infer_iters")
         shields = {}
         for kind in ("input_shields", "output_shields", "tool_output_shields"):

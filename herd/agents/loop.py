@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +58,6 @@ class TurnEnv:
 
 
 def stack_call(c: ToolCall) -> dict[str, Any]:
-    import json
-
     return {"call_id": c.call_id, "tool_name": c.tool_name, "arguments": c.arguments,
             "arguments_json": json.dumps(c.arguments, ensure_ascii=False)}
 
@@ -163,13 +162,13 @@ class AgentTurn:
                              "pending": self.record.state.get("pending", [])}
 
     def _finish(self, output: Message, status: str, reason: str | None = None) -> dict[str, Any]:
+        """End (or pause) the turn with `output` as its output message; the turn's messages are already
+        complete (a message the loop makes up itself, such as a refusal, is appended by the caller)."""
         self.turn["output_message"] = stack_message(output)
         self.turn["output_attachments"] = self.attachments
         self.turn["completed_at"] = iso(time.time())
         if reason:
             self.turn["herd_stop_reason"] = reason  # herd extension: why the loop stopped early
-        if output not in self.messages:
-            self.messages.append(output)
         self.record.status = status
         self._save_state()
         kind = "turn_awaiting_input" if status == "awaiting_input" else "turn_complete"
@@ -211,7 +210,9 @@ class AgentTurn:
             yield self._start(step)
             yield self._complete(step)
             if violation is not None:
-                yield self._finish(Message("assistant", violation.user_message, stop_reason="end_of_turn"), "complete")
+                refusal = Message("assistant", violation.user_message, stop_reason="end_of_turn")
+                self.messages.append(refusal)
+                yield self._finish(refusal, "complete")
                 return
         async for ev in self._loop():
             yield ev
@@ -251,12 +252,11 @@ class AgentTurn:
         cfg = self.env.config
         while True:
             if self.iters >= cfg.max_infer_iters:
-                last = next((m for m in reversed(self.messages) if m.role == "assistant"), None)
-                note = (f"(the agent stopped: max_infer_iters={cfg.max_infer_iters} inference steps were used "
-                        "before the model gave a final answer)")
-                text = last.content if last is not None and last.content and not last.tool_calls else note
-                yield self._finish(Message("assistant", text, stop_reason="out_of_tokens"), "complete",
-                                   MAX_ITERS_REASON)
+                # only reached after tool calls (an answer ends the loop): the turn ends without one
+                note = Message("assistant", f"(the agent stopped: max_infer_iters={cfg.max_infer_iters} inference "
+                               "steps were used before the model gave a final answer)", stop_reason="out_of_tokens")
+                self.messages.append(note)
+                yield self._finish(note, "complete", MAX_ITERS_REASON)
                 return
             step = self._step("inference")
             yield self._start(step)
@@ -310,8 +310,9 @@ class AgentTurn:
             yield self._start(step)
             yield self._complete(step)
             if violation is not None:
-                self.messages.pop()
+                self.messages.pop()  # the refused answer is not kept in the session's history
                 message = Message("assistant", violation.user_message, stop_reason="end_of_turn")
+                self.messages.append(message)
         yield self._finish(message, "complete")
 
     async def _run_tools(self, calls: Sequence[ToolCall]) -> AsyncIterator[dict[str, Any]]:

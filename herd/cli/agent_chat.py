@@ -9,7 +9,10 @@ import sys
 import uuid
 from typing import Any
 
+from herd.agents.config import MAX_INFER_ITERS
+from herd.cli.repl import COMMANDS, read_message
 from herd.errors import HerdError
+from herd.serve.errors import APIError
 
 SHOWN_RESULT_CHARS = 600
 
@@ -57,7 +60,7 @@ async def _chat(args: argparse.Namespace, model: Any) -> int:
     from herd.agents.loop import AgentTurn, TurnEnv
     from herd.serve.generator import ServedGenerator, local_context
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # long lines stay whole (logs, pipes)
     registry = await _registry(args)
     try:
         names = _tool_names(args.tools) if args.tools else []
@@ -72,20 +75,8 @@ async def _chat(args: argparse.Namespace, model: Any) -> int:
         history: list[Any] = []
         interactive = sys.stdin.isatty()
         if interactive:
-            console.print(f"chat with tools: {', '.join(t.name for t in registry.tools_for(names))}; "
-                          "/reset clears the conversation, /exit quits")
-        while True:
-            if interactive:
-                sys.stdout.write(">>> ")
-                sys.stdout.flush()
-            line = await asyncio.to_thread(sys.stdin.readline)
-            if not line:
-                break
-            text = line.strip()
-            if not text:
-                continue
-            if text == "/exit":
-                break
+            console.print(f"chat with tools: {', '.join(t.name for t in registry.tools_for(names))}; {COMMANDS}")
+        while (text := await asyncio.to_thread(read_message, interactive)) is not None:
             if text == "/reset":
                 await registry.end_session(session)
                 session, history = str(uuid.uuid4()), []
@@ -93,24 +84,32 @@ async def _chat(args: argparse.Namespace, model: Any) -> int:
                 continue
             env = TurnEnv(config, ServedGenerator(model, local_context()), registry, None, session)
             turn = AgentTurn.new(env, history)
-            async for payload in turn.start([{"role": "user", "content": text}]):
-                if payload["event_type"] == "step_progress" and payload["delta"]["type"] == "text":
-                    sys.stdout.write(payload["delta"]["text"])
-                    sys.stdout.flush()
-                elif payload["event_type"] == "step_complete":
-                    step = payload["step_details"]
-                    if step["step_type"] == "inference" and step["model_response"]["tool_calls"]:
-                        sys.stdout.write("\n")
-                    _show(console, payload)
-                elif payload["event_type"] in ("turn_complete", "turn_awaiting_input"):
-                    if payload["turn"].get("herd_stop_reason"):
-                        console.print(f"[yellow]{payload['turn']['output_message']['content']}[/]")
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            try:
+                await _show_turn(console, turn.start([{"role": "user", "content": text}]))
+            except (APIError, HerdError) as e:  # this message failed (e.g. the context is full); the chat goes on
+                console.print(f"[red]error: {e}[/] (/reset starts a new conversation)", highlight=False)
+                continue
             history.extend(turn.messages)
     finally:
         await registry.close()
     return 0
+
+
+async def _show_turn(console: Any, events: Any) -> None:
+    """Stream a turn: answer text to stdout, tool calls and results to stderr as they happen."""
+    async for payload in events:
+        if payload["event_type"] == "step_progress" and payload["delta"]["type"] == "text":
+            sys.stdout.write(payload["delta"]["text"])
+            sys.stdout.flush()
+        elif payload["event_type"] == "step_complete":
+            step = payload["step_details"]
+            if step["step_type"] == "inference" and step["model_response"]["tool_calls"]:
+                sys.stdout.write("\n")
+            _show(console, payload)
+        elif payload["event_type"] == "turn_complete" and payload["turn"].get("herd_stop_reason"):
+            console.print(f"[yellow]{payload['turn']['output_message']['content']}[/]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def cmd_agent_chat(args: argparse.Namespace, engine: Any) -> int:
@@ -119,8 +118,8 @@ def cmd_agent_chat(args: argparse.Namespace, engine: Any) -> int:
     from herd.serve.config import ModelSpec, default_id
     from herd.serve.models import ModelRegistry
 
-    if args.max_infer_iters < 1:
-        raise HerdError(f"--max-infer-iters must be at least 1, got {args.max_infer_iters}")
+    if not 1 <= args.max_infer_iters <= MAX_INFER_ITERS:
+        raise HerdError(f"--max-infer-iters must be from 1 to {MAX_INFER_ITERS}, got {args.max_infer_iters}")
     ref = args.model or hub.DEFAULT_MODEL
     spec = ModelSpec(id=default_id(ref), model=ref, dtype=args.dtype, device=args.device, quantize=args.quantize,
                      seed=args.seed or 0, engine=engine)

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default), required (the first reply to each message must call a tool, "
                    "enforced by a grammar), none, or a tool's name")
     t.add_argument("--max-infer-iters", type=int, default=10, metavar="N",
-                   help="most model calls per answer (default 10)")
+                   help="most model calls per answer, 1-100 (default 10)")
     t.add_argument("--unsandboxed", action="store_true",
                    help="let code_interpreter run without isolation where none is available (unsafe)")
     add_sampling_args(c, max_tokens=1024)

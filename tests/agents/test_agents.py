@@ -397,3 +397,29 @@ def test_sessions_survive_a_server_restart(tmp_path: Path) -> None:
             assert len(http.get(f"/v1/agents/{agent_id}/session/{sid}").json()["turns"]) == 2
     finally:
         assert srv.stop() == 0
+
+
+def test_server_and_client_calls_in_one_reply(client: Any, tiny: Any) -> None:
+    """The web search runs at once; the client's call pauses the turn; the history keeps the one reply."""
+    from herd.agents.store import AgentStore
+
+    model, tok = tiny
+    weather = {"name": "get_weather", "description": "Weather in a city",
+               "parameters": [{"name": "city", "parameter_type": "string", "description": "the city",
+                               "required": True}]}
+    agent_id, session_id = new_session(client, toolgroups=["builtin::websearch"], client_tools=[weather])
+    both = ('[{"type": "function", "name": "brave_search", "parameters": {"query": "codename"}}, '
+            '{"type": "function", "name": "get_weather", "parameters": {"city": "Paris"}}]')
+    with Script(model, [plan(tok, both), plan(tok, "Done.")]):
+        turn = client.agents.turn.create(session_id=session_id, agent_id=agent_id, stream=False,
+                                         messages=[{"role": "user", "content": "codename and weather?"}])
+        assert [s.step_type for s in turn.steps] == ["inference", "tool_execution"]
+        assert [c.tool_name for c in turn.steps[1].tool_calls] == ["web_search"]
+        pending = turn.output_message.tool_calls
+        assert [c.tool_name for c in pending] == ["get_weather"] and turn.output_message.stop_reason == "end_of_message"
+        done = client.agents.turn.resume(turn.turn_id, agent_id=agent_id, session_id=session_id, stream=False,
+                                         tool_responses=[{"call_id": pending[0].call_id, "tool_name": "get_weather",
+                                                          "content": "Sunny."}])
+    assert done.output_message.content == "Done."
+    roles = [(m["role"], len(m.get("tool_calls") or [])) for m in AgentStore().history(session_id)]
+    assert roles == [("user", 0), ("assistant", 2), ("tool", 0), ("tool", 0), ("assistant", 0)]

@@ -38,3 +38,14 @@ def test_chat_with_an_unknown_tool_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("herd: error:")]
     assert len(errors) == 1 and "teleporter" in errors[0] and "Traceback" not in r.stderr
+
+
+def test_a_failing_message_does_not_end_the_chat(tmp_path: Path) -> None:
+    too_long = "tell me about " + "llamas " * 1500  # beyond --max-model-len
+    r = run_chat(["--tools", "wolfram_alpha", "--tool-choice", "required", "--temperature", "0",
+                  "--max-tokens", "32", "--max-model-len", "1024"],
+                 f"{too_long}\nWhat is the integral of x^2?\n", tmp_path)
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "context of 1024 tokens" in errors[0] and "Traceback" not in r.stderr
+    assert any(line.startswith("→ wolfram_alpha(") for line in r.stderr.splitlines())  # the next message ran

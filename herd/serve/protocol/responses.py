@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
+from herd.agents.config import MAX_INFER_ITERS
 from herd.serve.protocol.common import Int, Metadata, RequestModel, ResponseModel
 
 __all__ = [
@@ -253,7 +254,7 @@ class ResponseCreateRequest(RequestModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tool_calls: Int | None = Field(None, ge=1)
-    max_infer_iters: Int = Field(10, ge=1, le=100)  # herd (Llama Stack) extension: model turns per response
+    max_infer_iters: Int = Field(10, ge=1, le=MAX_INFER_ITERS)  # herd (Llama Stack) extension: model turns
     metadata: Metadata | None = Field(None, max_length=16)
 
 
