@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import textwrap
 import time
 import tracemalloc
@@ -466,15 +467,19 @@ def test_non_root_fallback_isolates_the_network() -> None:
     if python is None:
         pytest.skip("no system python3 for the non-root run")
     name = f"herd-sandbox-userns-{secrets.token_hex(6)}"
-    root = str(Path(herd.__file__).parent.parent)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.setblocking(False)
-        done = subprocess.run([python, "-c", NON_ROOT_SCRIPT, str(server.getsockname()[1]), name],
-                              user=SANDBOX_UID, group=SANDBOX_UID, extra_groups=[], cwd="/",
-                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root, "HOME": "/nonexistent"},
-                              capture_output=True, text=True, timeout=120, check=False)
-        with pytest.raises(BlockingIOError):
-            server.accept()
+    # a copy of herd's sources that uid 65534 can read, wherever this checkout lives (e.g. a 0700 dir)
+    root = tempfile.mkdtemp(prefix="herd-src-")
+    os.chmod(root, 0o755)
+    shutil.copytree(Path(herd.__file__).parent, Path(root) / "herd",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for d, _, files in os.walk(root):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+    try:
+        done = _run_as_nobody(python, root, name)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     if done.returncode != 0 and "No module named" in done.stderr:
         pytest.skip(f"the system python cannot import herd's tool runtime: {done.stderr.strip()[-200:]}")
     assert done.returncode == 0, done.stderr
@@ -486,3 +491,16 @@ def test_non_root_fallback_isolates_the_network() -> None:
     assert outcome["uid"] == SANDBOX_UID
     assert outcome["connect"] != "connected"
     assert outcome["write"] != "written" and not os.path.exists(f"/tmp/{name}")
+
+
+def _run_as_nobody(python: str, root: str, name: str) -> subprocess.CompletedProcess:
+    """NON_ROOT_SCRIPT as uid 65534 with `root` on its path; no connection reaches the test's listener."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        done = subprocess.run([python, "-c", NON_ROOT_SCRIPT, str(server.getsockname()[1]), name],
+                              user=SANDBOX_UID, group=SANDBOX_UID, extra_groups=[], cwd="/",
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root, "HOME": "/nonexistent"},
+                              capture_output=True, text=True, timeout=120, check=False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    return done
