@@ -29,6 +29,8 @@ FORBIDDEN = {
     # the stack reaches serve's in-process Generator only through the herd.generator protocol
     "agents": {"serve"},
     "tools": {"serve", "agents"},
+    # retrieval is a library under the tools, agents and the server: it never reaches up to them
+    "rag": {"serve", "agents", "tools", "engine", "llm"},
 }
 STACK = {"serve", "agents", "safety", "rag", "eval", "sdg", "tools"}
 # what the stack may import from herd.model: the model itself and the sentence encoder; the rest

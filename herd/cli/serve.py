@@ -28,6 +28,8 @@ routes: /v1/chat/completions (POST; GET lists the stored ones, GET|DELETE /{id})
   /v1/embeddings, /v1/models[/{id}] (all also under /v1/openai/v1),
   /v1/inference/chat-completion|completion|embeddings, /v1/health, /v1/version, /v1/providers,
   /v1/inspect/routes, /v1/toolgroups[/{id}], /v1/tools[/{name}], /v1/tool-runtime/list-tools|invoke,
+  /v1/agents/..., /v1/responses[/{id}], /v1/files[/{id}[/content]], /v1/vector_stores[/{id}[/search|/files|
+  /file_batches]], /v1/vector-dbs, /v1/vector-io/insert|query, /v1/tool-runtime/rag-tool/insert|query,
   /metrics (Prometheus). SIGINT/SIGTERM finish in-flight requests, then exit 0
   (exit 3 when drain_timeout ran out and some were cut; 1 when the server could not start).
 config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
@@ -51,6 +53,8 @@ config file (YAML; ${env.VAR:=default} is substituted; unknown keys are errors):
     mcp_servers:                        # their tools join the runtime; groups registered over HTTP persist
       - {toolgroup_id: mcp::files, command: npx, args: [-y, "@modelcontextprotocol/server-filesystem", /data]}
       - {toolgroup_id: mcp::remote, url: "http://127.0.0.1:8000/mcp"}
+  rag: {enabled: true, path: null, embedding_model: null, max_file_bytes: 67108864, workers: 1}
+                                        # files + vector stores in $HERD_HOME/rag (path:), shared with `herd rag`
 """
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

@@ -20,6 +20,7 @@ from herd import __version__
 from herd.errors import HerdError
 from herd.serve import stored
 from herd.serve import tools as tool_runtime
+from herd.serve import vector_stores
 from herd.serve.config import ServerConfig
 from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.limits import Admission, Drain
@@ -28,6 +29,7 @@ from herd.serve.models import ModelRegistry
 from herd.serve.openapi import openapi_document
 from herd.serve.routes import include_routes, mount_safety
 from herd.tools.builtin import default_registry
+from herd.tools.rag import RagToolGroup
 
 log = logging.getLogger("herd.serve")
 
@@ -122,8 +124,10 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await tool_runtime.start(app.state.tools, app.state.tool_runtime)  # MCP servers: connect, restore
+        await asyncio.to_thread(vector_stores.start, app)  # files left in progress: ingested again
         yield
         await app.state.tools.close()  # sandbox processes, MCP connections
+        await asyncio.to_thread(vector_stores.close, app)
         app.state.tool_runtime.store.close()
         registry.shutdown()
 
@@ -142,13 +146,17 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     app.state.tools = default_registry(config.tools, code_shield=_code_screen(app, config.tools.code_shield))
     app.state.tool_runtime = tool_runtime.ToolRuntime(
         configured={e["toolgroup_id"] for e in config.tools.mcp_servers}, registration=config.tools.mcp_registration)
+    if config.rag.enabled and registry.has_embedding_model():  # builtin::rag, over the vector stores
+        app.state.tools.register(RagToolGroup(lambda: vector_stores.service(app)))
+        app.state.providers += [provider_entry("vector_io", "sqlite-vec", "inline::sqlite-vec"),
+                                provider_entry("files", "localfs", "inline::localfs")]
     app.state.providers += [provider_entry("tool_runtime", pid, kind)
                             for pid, kind in tool_runtime.provider_entries(app.state.tools)]
     include_routes(app)
 
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(OpsMiddleware, settings=config.server, metrics=app.state.metrics, drain=app.state.drain,
-                       limits=config.limits)
+                       limits=config.limits, upload_bytes=config.rag.max_file_bytes if config.rag.enabled else None)
     if config.server.cors_origins:  # outermost: answers browsers' preflight before auth
         app.add_middleware(CORSMiddleware, allow_origins=list(config.server.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])

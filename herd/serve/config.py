@@ -15,6 +15,7 @@ shields:                              # passed to herd.safety (see `herd shield 
 tools:                                # the tool runtime: web search, Wolfram|Alpha, code interpreter, MCP
   search_corpus: ./docs               # offline web_search over these files when no search API key is set
   mcp_servers: [{toolgroup_id: mcp::files, command: npx, args: [-y, "@modelcontextprotocol/server-filesystem"]}]
+rag: {max_file_bytes: 67108864}       # files and vector stores: <herd_home>/rag (path:), embedding_model:
 ```
 Unknown keys are errors naming their path; values are converted to the field's type.
 """
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 from herd.config import EngineConfig
 from herd.errors import HerdError
+from herd.rag.settings import RagSettings
 from herd.tools.builtin import ToolSettings
 
 DEFAULT_PORT = 8321
@@ -128,6 +130,7 @@ class ServerConfig:
     models: tuple[ModelSpec, ...] = ()
     shields: tuple[dict[str, Any], ...] = ()  # raw entries for herd.safety
     tools: ToolSettings = field(default_factory=ToolSettings)  # the tool runtime (herd/tools/builtin.py)
+    rag: RagSettings = field(default_factory=RagSettings)  # files and vector stores (herd/rag)
 
     @property
     def llm_specs(self) -> list[ModelSpec]:

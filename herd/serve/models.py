@@ -106,6 +106,9 @@ class ModelRegistry:
                               f"{', '.join(llms) or 'none'}", param, "wrong_model_type")
         return m
 
+    def has_embedding_model(self) -> bool:
+        return any(isinstance(x, EmbeddingModel) for x in self.models)
+
     def embedding(self, name: str | None, param: str = "model") -> EmbeddingModel:
         """An embedding model (the first one when `name` is None)."""
         embedders = [x for x in self.models if isinstance(x, EmbeddingModel)]

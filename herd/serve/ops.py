@@ -27,6 +27,8 @@ log = logging.getLogger("herd.serve")
 OPEN_PATHS = frozenset({"/v1/health"})  # answered without a key and while draining (readiness probes)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+UPLOAD_PATHS = frozenset({"/v1/files", "/v1/openai/v1/files"})  # POST takes multipart/form-data (a file)
+UPLOAD_OVERHEAD = 1 << 20  # room for the multipart framing and fields around the file itself
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 TRIM_AFTER_BYTES = 1 << 20  # bodies this large leave big freed buffers behind: hand them back to the OS
 
@@ -38,8 +40,9 @@ class OpsMiddleware:
     metrics and the access log around every HTTP request."""
 
     def __init__(self, app: Any, settings: ServerSettings, metrics: Metrics, drain: Drain | None = None,
-                 limits: LimitSettings | None = None):
+                 limits: LimitSettings | None = None, upload_bytes: int | None = None):
         self.app = app
+        self.upload_bytes = upload_bytes  # POST /v1/files: the file limit (rag.max_file_bytes); None: no uploads
         self.settings = settings
         self.metrics = metrics
         self.drain = drain
@@ -75,10 +78,12 @@ class OpsMiddleware:
                              "instance or retry later", extra=[(b"retry-after", retry_after(self.limits.retry_after)
                                                                .encode())])
                 return
-            body = await self._read_body(scope, receive, headers, send_wrapped)
+            upload = self.upload_bytes is not None and scope.get("method") == "POST" and scope["path"] in UPLOAD_PATHS
+            body = await self._read_body(scope, receive, headers, send_wrapped, upload)
             if body is None:
                 return
-            if body and scope.get("method") in BODY_METHODS and not await self._acceptable(body, headers, send_wrapped):
+            if body and scope.get("method") in BODY_METHODS and not await self._acceptable(body, headers, send_wrapped,
+                                                                                            upload):
                 return
             await self.app(scope, _replay(body, receive), send_wrapped)
         finally:
@@ -90,9 +95,16 @@ class OpsMiddleware:
             if body is not None and len(body) >= TRIM_AFTER_BYTES:
                 release_memory()
 
-    async def _acceptable(self, body: bytes, headers: dict[str, str], send: Any) -> bool:
-        """A request body must be JSON (else 415) holding valid Unicode text (else 400); answers if not."""
+    async def _acceptable(self, body: bytes, headers: dict[str, str], send: Any, upload: bool = False) -> bool:
+        """A request body must be JSON (else 415) holding valid Unicode text (else 400), or multipart form
+        data on the upload route; answers if not."""
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if upload:
+            if kind == "multipart/form-data":
+                return True
+            await _reply(send, 415, "file uploads must be multipart/form-data with the fields file and purpose "
+                         f"(got {kind or 'no Content-Type'!r})")
+            return False
         if not _JSON_TYPE.match(kind):
             got = f"Content-Type {kind!r}" if kind else "no Content-Type"
             await _reply(send, 415, f"request bodies must be JSON: send 'Content-Type: application/json' (got {got})")
@@ -113,9 +125,12 @@ class OpsMiddleware:
         token_b = token.strip().encode()
         return any(hmac.compare_digest(token_b, k) for k in self.keys)
 
-    async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], send: Any) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], send: Any,
+                         upload: bool = False) -> bytes | None:
         """The whole request body, or None after answering 413 (too large) or 408 (too slow)."""
         limit = self.settings.max_request_bytes
+        if upload:
+            limit = max(limit, (self.upload_bytes or 0) + UPLOAD_OVERHEAD)
         try:
             declared = int(headers.get("content-length", "0") or 0)
         except ValueError:

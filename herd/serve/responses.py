@@ -3,8 +3,9 @@ and the input-item pages, with responses kept in SQLite under Herd's home (the r
 
 A response is a small agent loop over the served model, reached only through the `Generator` protocol
 (`ServedGenerator`): input items become herd `Message`s; caller `function` tools end the response with
-`function_call` items; `web_search` (the tool registry's builtin::websearch group) and `mcp` servers run
-here, their results go back to the model, which runs again, up to `max_infer_iters` turns (a herd
+`function_call` items; `web_search` (the tool registry's builtin::websearch group), `file_search` (its
+builtin::rag group, over vector stores; `include: ["file_search_call.results"]` keeps the results in the
+item) and `mcp` servers run here, their results go back to the model, which runs again, up to `max_infer_iters` turns (a herd
 extension, default 10). One code path makes the events; a non-streamed response is their last state.
 
 `previous_response_id` continues a stored response: its input items and output items come first (its
@@ -29,6 +30,7 @@ from herd.home import StateFile
 from herd.serve import protocol as p
 from herd.serve.errors import APIError, bad_request, not_found
 from herd.serve.generation import first_then_rest, until_disconnected
+from herd.serve.stored import DEFAULT_LIMIT, MAX_LIMIT, page_args
 from herd.serve.responses_input import (
     Tools,
     check_outputs,
@@ -46,7 +48,6 @@ from herd.tools.base import ToolRegistry, ToolResult
 
 log = logging.getLogger("herd.serve")
 FILENAME = "responses.sqlite"
-DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
 # ---- storage ---------------------------------------------------------------------------------
@@ -316,6 +317,10 @@ class ResponseRun:
             item = {"id": item_id("ws"), "type": "web_search_call", "status": "in_progress",
                     "action": {"type": "search", "query": str(c.arguments.get("query", ""))}}
             kind, steps = "response.web_search_call", ("in_progress", "searching")
+        elif tool.kind == "file_search":
+            item = {"id": item_id("fs"), "type": "file_search_call", "status": "in_progress",
+                    "queries": [str(c.arguments.get("query", ""))], "results": None}
+            kind, steps = "response.file_search_call", ("in_progress", "searching")
         else:
             item = {"id": item_id("mcp"), "type": "mcp_call", "server_label": tool.server_label, "name": c.tool_name,
                     "arguments": args, "output": None, "error": None, "status": "in_progress"}
@@ -328,9 +333,10 @@ class ResponseRun:
             yield self.event("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=args)
             yield self.event("response.mcp_call_arguments.done", item_id=item["id"], output_index=index,
                              arguments=args)
-        result = await tool.registry.invoke(c.tool_name, c.arguments, session_id=self.plan.id)
+        result = await tool.registry.invoke(tool.target or c.tool_name, {**c.arguments, **tool.args},
+                                            session_id=self.plan.id)
         self.server_calls += 1
-        _record(item, result)
+        _record(item, result, "file_search_call.results" in (self.plan.req.include or ()))
         finished = "completed" if result.ok or tool.kind == "web_search" else "failed"
         yield self.event(f"{kind}.{finished}", item_id=item["id"], output_index=index)
         yield self.done(index)
@@ -341,9 +347,14 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _record(item: dict[str, Any], result: ToolResult) -> None:
-    """A tool's result into its item: sources of a web search; output or error of an MCP call."""
-    if item["type"] == "web_search_call":
+def _record(item: dict[str, Any], result: ToolResult, file_results: bool = False) -> None:
+    """A tool's result into its item: sources of a web search; results of a file search (when the request
+    included them); output or error of an MCP call."""
+    if item["type"] == "file_search_call":
+        item["status"] = "completed" if result.ok else "failed"
+        if file_results:
+            item["results"] = result.metadata.get("results", [])
+    elif item["type"] == "web_search_call":
         item["status"] = "completed" if result.ok else "failed"
         try:
             urls = [r["url"] for r in json.loads(result.content).get("results", []) if r.get("url")]
@@ -477,19 +488,9 @@ ITEM_PARAMS = [  # for the OpenAPI document (the route parses these by hand)
 
 async def list_input_items(store: ResponseStore, response_id: str, q: Mapping[str, str]) -> dict[str, Any]:
     """GET /v1/responses/{id}/input_items: what the model read (earlier responses' items too), paged."""
-    raw = q.get("limit")
-    try:
-        limit = DEFAULT_LIMIT if raw is None else int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise bad_request(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw!r}", "limit")
-    order = q.get("order") or "desc"
-    if order not in ("asc", "desc"):
-        raise bad_request(f"order must be 'asc' or 'desc', got {order!r}", "order")
+    limit, order, after = page_args(q, "desc")
     items = (await _stored(store, response_id))[1]
     items = items[::-1] if order == "desc" else items
-    after = q.get("after")
     if after:
         ids = [it.get("id") for it in items]
         if after not in ids:

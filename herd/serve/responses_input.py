@@ -1,6 +1,7 @@
 """What a `POST /v1/responses` request brings, checked and made ready for the loop in herd/serve/responses.py:
 input items as stored items (ids given) and as the herd `Message`s the model reads, the offered tools
-(the caller's functions; web_search from the app's tool registry; MCP servers, connected), tool_choice and
+(the caller's functions; web_search and file_search from the app's tool registry; MCP servers,
+connected), tool_choice and
 the text format. Every problem is a 400 naming the field as the client wrote it (`input[2].call_id`).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herd.errors import HerdError
+from herd.rag.filters import parse_filter
 from herd.serve import protocol as p
 from herd.serve.errors import bad_request
 from herd.serve.generation import response_format_of
@@ -21,6 +23,7 @@ from herd.tools.base import ToolRegistry
 
 log = logging.getLogger("herd.serve")
 WEB_SEARCH_GROUP, WEB_SEARCH_TOOL = "builtin::websearch", "web_search"
+RAG_GROUP, RAG_TOOL, FILE_SEARCH_TOOL = "builtin::rag", "knowledge_search", "file_search"
 
 
 def item_id(prefix: str) -> str:
@@ -68,7 +71,7 @@ def input_items(items: list[Any]) -> list[dict[str, Any]]:
         elif isinstance(it, p.FunctionCallOutputInput):
             out.append({"id": it.id or item_id("fco"), "type": "function_call_output", "call_id": it.call_id,
                         "output": _content_text(it.output, f"{where}.output"), "status": "completed"})
-        else:  # web_search_call / mcp_list_tools / mcp_call of an earlier response
+        else:  # web_search_call / file_search_call / mcp_list_tools / mcp_call of an earlier response
             if isinstance(it, p.McpCallInput):
                 _arguments(it.arguments, f"{where}.arguments")
             out.append(it.model_dump(exclude_none=True))
@@ -137,11 +140,14 @@ def check_outputs(items: list[dict[str, Any]], first_new: int) -> None:
 
 @dataclass
 class ServerTool:
-    """A tool this server runs during a response: web search (the app's registry) or an MCP server's."""
+    """A tool this server runs during a response: web search or file search (the app's registry) or an
+    MCP server's; `target` is the registry's tool when its name differs, `args` are added to each call."""
 
-    kind: str  # "web_search" | "mcp"
+    kind: str  # "web_search" | "file_search" | "mcp"
     registry: ToolRegistry
     server_label: str = ""
+    target: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +186,8 @@ async def offered_tools(req: p.ResponseCreateRequest, registry: ToolRegistry) ->
                 tools.functions.append(d)
             elif isinstance(t, p.WebSearchToolIn):
                 _web_search(tools, registry, where)
+            elif isinstance(t, p.FileSearchToolIn):
+                _file_search(tools, registry, t, where)
             else:
                 await _mcp(tools, t, where)
     except BaseException:
@@ -202,6 +210,32 @@ def _web_search(tools: Tools, registry: ToolRegistry, where: str) -> None:
     tools.check_new(tool.definition(), f"{where}.type")
     tools.server[tool.name] = ServerTool("web_search", registry)
     tools.server_defs.append(tool.definition())
+
+
+def _file_search(tools: Tools, registry: ToolRegistry, t: p.FileSearchToolIn, where: str) -> None:
+    """file_search over the request's vector stores, through the registry's builtin::rag group."""
+    if FILE_SEARCH_TOOL in tools.server:
+        raise bad_request(f"{where}: file_search is offered twice", f"{where}.type")
+    try:
+        registry.group(RAG_GROUP)
+        filters = parse_filter(t.filters, f"{where}.filters")
+    except HerdError as e:
+        if e.param:
+            raise bad_request(str(e), e.param) from None
+        raise bad_request(f"{where}: file_search needs retrieval (the {RAG_GROUP} tool group), which this server "
+                          "does not have (rag.enabled: false, or no embedding model)", f"{where}.type") from None
+    del filters  # checked here; passed on as sent
+    definition = ToolDefinition(FILE_SEARCH_TOOL, "Search the user's files for information relevant to the query.",
+                                {"type": "object", "properties": {"query": {
+                                    "type": "string", "description": "What to look for, as a question or keywords."}},
+                                 "required": ["query"]})
+    tools.check_new(definition, f"{where}.type")
+    ranking = t.ranking_options or {}
+    config = {"max_chunks": t.max_num_results, "mode": "hybrid", "filters": t.filters,
+              "score_threshold": ranking.get("score_threshold")}
+    tools.server[FILE_SEARCH_TOOL] = ServerTool("file_search", registry, target=RAG_TOOL, args={
+        "vector_db_ids": list(t.vector_store_ids), "query_config": config})
+    tools.server_defs.append(definition)
 
 
 async def _mcp(tools: Tools, t: p.McpToolIn, where: str) -> None:
@@ -248,7 +282,7 @@ def tool_choice_of(req: p.ResponseCreateRequest, tools: Tools) -> str:
     if isinstance(choice, p.NamedFunctionChoice):
         name = choice.name
     elif isinstance(choice, p.HostedToolChoice):
-        name = WEB_SEARCH_TOOL
+        name = FILE_SEARCH_TOOL if choice.type == "file_search" else WEB_SEARCH_TOOL
     else:  # mcp: a named tool of that server, else any of its tools
         names = [n for n, t in tools.server.items() if t.kind == "mcp" and t.server_label == choice.server_label]
         if not names:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -20,7 +21,18 @@ from fastapi.responses import (
 )
 
 from herd import __version__
-from herd.serve import agents, chat, completions, embeddings, models, responses, safety, stored, unserved
+from herd.serve import (
+    agents,
+    chat,
+    completions,
+    embeddings,
+    models,
+    responses,
+    safety,
+    stored,
+    unserved,
+    vector_stores,
+)
 from herd.serve import protocol as p
 from herd.serve import tools as tool_runtime
 from herd.serve.errors import APIError, api_error_response, error_body
@@ -185,6 +197,154 @@ async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
 async def list_response_input_items(response_id: str, request: Request) -> dict[str, Any]:
     """The items a stored response read (earlier responses' items first), as a page; newest first by default."""
     return await responses.list_input_items(_responses(request), response_id, request.query_params)
+
+
+# ---- OpenAI files and vector stores (herd/serve/vector_stores.py; same two prefixes) -------------------
+
+_VS = "/vector_stores/{vector_store_id}"
+
+
+def _rag(request: Request) -> Any:
+    """The app's RagService (made on first use)."""
+    return vector_stores.service(request.app)
+
+
+@openai_routes.post("/files", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(vector_stores.PURPOSES)}}}}}}})
+async def upload_file(request: Request) -> dict[str, Any]:
+    """Upload a file (multipart: `file`, `purpose`); for retrieval purposes its text is checked now (400)."""
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as e:  # noqa: BLE001 - a malformed multipart body is the client's error
+        raise APIError(400, f"the upload is not valid multipart/form-data: {e}", param="file") from None
+    upload, purpose = form.get("file"), form.get("purpose")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, "the form needs a `file` field holding the file", param="file")
+    if not isinstance(purpose, str) or not purpose:
+        raise APIError(400, f"the form needs a `purpose` field: one of {', '.join(vector_stores.PURPOSES)}",
+                       param="purpose")
+    data = await upload.read()
+    return await vector_stores.upload_file(_rag(request), upload.filename, data, purpose)
+
+
+@openai_routes.get("/files", openapi_extra={"parameters": vector_stores.PAGE_PARAMS + [
+    {"name": "purpose", "in": "query", "required": False, "schema": {"type": "string"}}]})
+async def list_files(request: Request) -> dict[str, Any]:
+    """Uploaded files, newest first (`?purpose=` keeps one purpose)."""
+    return await vector_stores.list_files(_rag(request), request.query_params)
+
+
+@openai_routes.get("/files/{file_id}")
+async def get_file(file_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.get_file(_rag(request), file_id)
+
+
+@openai_routes.get("/files/{file_id}/content")
+async def get_file_content(file_id: str, request: Request) -> Response:
+    """The file's bytes."""
+    data, name = await vector_stores.file_content(_rag(request), file_id)
+    quoted = urllib.parse.quote(name)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"})
+
+
+@openai_routes.delete("/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+    """Delete a file: it leaves every vector store first (its chunks are no longer found)."""
+    return await vector_stores.delete_file(_rag(request), file_id)
+
+
+@openai_routes.post("/vector_stores")
+async def create_vector_store(body: p.VectorStoreCreateRequest, request: Request) -> dict[str, Any]:
+    """Create a vector store, with files (ingested in the background) and a chunking strategy."""
+    return await vector_stores.create_store(_rag(request), body)
+
+
+@openai_routes.get("/vector_stores", openapi_extra={"parameters": vector_stores.PAGE_PARAMS})
+async def list_vector_stores(request: Request) -> dict[str, Any]:
+    return await vector_stores.list_stores(_rag(request), request.query_params)
+
+
+@openai_routes.get(_VS)
+async def get_vector_store(vector_store_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.get_store(_rag(request), vector_store_id)
+
+
+@openai_routes.post(_VS)
+async def update_vector_store(vector_store_id: str, body: p.VectorStoreUpdateRequest, request: Request) -> dict[str, Any]:
+    return await vector_stores.update_store(_rag(request), vector_store_id, body)
+
+
+@openai_routes.delete(_VS)
+async def delete_vector_store(vector_store_id: str, request: Request) -> dict[str, Any]:
+    """Delete a vector store and its chunks (the files stay)."""
+    return await vector_stores.delete_store(_rag(request), vector_store_id)
+
+
+@openai_routes.post(_VS + "/search")
+async def search_vector_store(vector_store_id: str, body: p.VectorStoreSearchRequest, request: Request) -> dict[str, Any]:
+    """Search: query, filters, max_num_results, ranking_options; `search_mode` (herd) vector/keyword/hybrid."""
+    return await vector_stores.search_store(_rag(request), vector_store_id, body)
+
+
+@openai_routes.post(_VS + "/files")
+async def attach_vector_store_file(vector_store_id: str, body: p.VectorStoreFileCreateRequest,
+                                   request: Request) -> dict[str, Any]:
+    """Add a file (with attributes): checked now, chunked and embedded in the background."""
+    return await vector_stores.attach_file(_rag(request), vector_store_id, body)
+
+
+@openai_routes.get(_VS + "/files", openapi_extra={"parameters": vector_stores.PAGE_PARAMS + [
+    {"name": "filter", "in": "query", "required": False, "schema": {"type": "string"}}]})
+async def list_vector_store_files(vector_store_id: str, request: Request) -> dict[str, Any]:
+    """The store's files (`?filter=` one status)."""
+    return await vector_stores.list_store_files(_rag(request), vector_store_id, request.query_params)
+
+
+@openai_routes.get(_VS + "/files/{file_id}")
+async def get_vector_store_file(vector_store_id: str, file_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.get_store_file(_rag(request), vector_store_id, file_id)
+
+
+@openai_routes.post(_VS + "/files/{file_id}")
+async def update_vector_store_file(vector_store_id: str, file_id: str, body: p.VectorStoreFileUpdateRequest,
+                                   request: Request) -> dict[str, Any]:
+    """Replace the file's attributes (filters see them at once)."""
+    return await vector_stores.update_store_file(_rag(request), vector_store_id, file_id, body)
+
+
+@openai_routes.delete(_VS + "/files/{file_id}")
+async def detach_vector_store_file(vector_store_id: str, file_id: str, request: Request) -> dict[str, Any]:
+    """Remove a file from the store (its chunks go; the file stays)."""
+    return await vector_stores.detach_file(_rag(request), vector_store_id, file_id)
+
+
+@openai_routes.get(_VS + "/files/{file_id}/content")
+async def vector_store_file_content(vector_store_id: str, file_id: str, request: Request) -> dict[str, Any]:
+    """The file's chunks, as text items."""
+    return await vector_stores.store_file_content(_rag(request), vector_store_id, file_id)
+
+
+@openai_routes.post(_VS + "/file_batches")
+async def create_file_batch(vector_store_id: str, body: p.FileBatchCreateRequest, request: Request) -> dict[str, Any]:
+    """Add several files at once (all checked before any is added)."""
+    return await vector_stores.create_batch(_rag(request), vector_store_id, body)
+
+
+@openai_routes.get(_VS + "/file_batches/{batch_id}")
+async def get_file_batch(vector_store_id: str, batch_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.get_batch(_rag(request), vector_store_id, batch_id)
+
+
+@openai_routes.post(_VS + "/file_batches/{batch_id}/cancel")
+async def cancel_file_batch(vector_store_id: str, batch_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.cancel_batch(_rag(request), vector_store_id, batch_id)
+
+
+@openai_routes.get(_VS + "/file_batches/{batch_id}/files", openapi_extra={"parameters": vector_stores.PAGE_PARAMS})
+async def list_file_batch_files(vector_store_id: str, batch_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.list_store_files(_rag(request), vector_store_id, request.query_params, batch_id)
 
 
 # ---- Llama Stack native, inspection ------------------------------------------------------------
@@ -435,6 +595,57 @@ async def invoke_tool(body: p.InvokeToolRequest, request: Request) -> dict[str, 
     return await tool_runtime.invoke(request.app.state.tools, body)
 
 
+# ---- Llama Stack vector DBs, vector-io and the rag tool (herd/serve/vector_stores.py) ----------------
+
+rag_routes = APIRouter(prefix="/v1", tags=["vector_io"])
+
+
+@rag_routes.get("/vector-dbs")
+async def list_vector_dbs(request: Request) -> dict[str, Any]:
+    """Every vector DB (the same stores as /v1/vector_stores)."""
+    return await vector_stores.list_vector_dbs(_rag(request))
+
+
+@rag_routes.post("/vector-dbs")
+async def register_vector_db(body: p.RegisterVectorDBRequest, request: Request) -> dict[str, Any]:
+    """Register a vector DB (a vector store with this id); again with the same model: a no-op."""
+    return await vector_stores.register_vector_db(_rag(request), body)
+
+
+@rag_routes.get("/vector-dbs/{vector_db_id:path}")
+async def get_vector_db(vector_db_id: str, request: Request) -> dict[str, Any]:
+    return await vector_stores.get_vector_db(_rag(request), vector_db_id)
+
+
+@rag_routes.delete("/vector-dbs/{vector_db_id:path}")
+async def unregister_vector_db(vector_db_id: str, request: Request) -> None:
+    await vector_stores.delete_vector_db(_rag(request), vector_db_id)
+
+
+@rag_routes.post("/vector-io/insert")
+async def vector_io_insert(body: p.VectorIOInsertRequest, request: Request) -> None:
+    """Insert chunks (metadata.document_id; embeddings optional), all or none."""
+    await vector_stores.insert_chunks(_rag(request), body)
+
+
+@rag_routes.post("/vector-io/query")
+async def vector_io_query(body: p.VectorIOQueryRequest, request: Request) -> dict[str, Any]:
+    """Query: {chunks, scores}; params max_chunks, mode (vector/keyword/hybrid), ranker, score_threshold."""
+    return await vector_stores.query_chunks(_rag(request), body)
+
+
+@rag_routes.post("/tool-runtime/rag-tool/insert")
+async def rag_tool_insert(body: p.RagInsertRequest, request: Request) -> None:
+    """Insert documents (text, or data: URLs of any supported file type), chunked by chunk_size_in_tokens."""
+    await vector_stores.rag_insert(_rag(request), body)
+
+
+@rag_routes.post("/tool-runtime/rag-tool/query")
+async def rag_tool_query(body: p.RagQueryRequest, request: Request) -> dict[str, Any]:
+    """Retrieve from vector DBs: the chunks laid out for a model, with document ids, chunks and scores."""
+    return await vector_stores.rag_query(_rag(request), body)
+
+
 # ---- operations (not in the API document) ------------------------------------------------------
 
 ops_routes = APIRouter(include_in_schema=False)
@@ -461,5 +672,6 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(stack_routes)
     app.include_router(agent_routes)
     app.include_router(tool_routes)
+    app.include_router(rag_routes)
     app.include_router(ops_routes)
     app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

@@ -194,7 +194,8 @@ LIST_PARAMS = [  # for the OpenAPI document (the routes parse these by hand)
 ]
 MESSAGE_PARAMS = [_LIMIT, _ORDER_ASC, _query("after", {"type": "string"}, "Cursor: the last message id seen.")]
 
-def _page_args(q: Mapping[str, str], default_order: str) -> tuple[int, str, str | None]:
+def page_args(q: Mapping[str, str], default_order: str) -> tuple[int, str, str | None]:
+    """`limit` (1..MAX_LIMIT), `order` (asc / desc) and the `after` cursor of a list request; 400s name them."""
     raw = q.get("limit")
     try:
         limit = DEFAULT_LIMIT if raw is None else int(raw)
@@ -224,7 +225,7 @@ async def get_completion(store: ChatCompletionStore | None, completion_id: str) 
 
 async def list_completions(store: ChatCompletionStore | None, q: Mapping[str, str]) -> dict[str, Any]:
     """Stored chat completions, newest first, each with its `input_messages` and `metadata`."""
-    limit, order, after = _page_args(q, "desc")
+    limit, order, after = page_args(q, "desc")
     metadata = {k[len("metadata["):-1]: v for k, v in q.items() if k.startswith("metadata[") and k.endswith("]")}
     if store is None:
         return _page([], False)
@@ -239,7 +240,7 @@ async def list_completions(store: ChatCompletionStore | None, q: Mapping[str, st
 async def list_messages(store: ChatCompletionStore | None, completion_id: str,
                         q: Mapping[str, str]) -> dict[str, Any]:
     """The input messages of a stored chat completion, as a page (ids `<completion_id>-<n>`)."""
-    limit, order, after = _page_args(q, "asc")
+    limit, order, after = page_args(q, "asc")
     messages = []
     for i, m in enumerate((await get_completion(store, completion_id))["input_messages"]):
         parts = m.get("content") if isinstance(m.get("content"), list) else None

@@ -19,9 +19,6 @@ OPENAI_PREFIXES = ("/v1", "/v1/openai/v1")  # Llama Stack 0.2 serves the OpenAI 
 # (path prefix, the API's name): the prefix and everything below it answer 501
 UNSERVED: tuple[tuple[str, str], ...] = (
     # Llama Stack 0.2 native APIs (STACK_API.md 1a) herd has no routes for yet
-    ("/v1/vector-dbs", "vector_dbs"),
-    ("/v1/vector-io", "vector_io"),
-    ("/v1/tool-runtime/rag-tool", "tool_runtime (rag-tool)"),
     ("/v1/datasets", "datasets"),
     ("/v1/datasetio", "datasetio"),
     ("/v1/scoring", "scoring"),
@@ -41,7 +38,7 @@ UNSERVED: tuple[tuple[str, str], ...] = (
     ("/v1beta", "Llama Stack v1beta"),
     # OpenAI routes, under /v1 and /v1/openai/v1
     *((f"{prefix}/{name}", f"OpenAI {name}") for prefix in OPENAI_PREFIXES
-      for name in ("files", "vector_stores", "batches", "audio", "images", "fine_tuning",
+      for name in ("batches", "audio", "images", "fine_tuning",
                    "assistants", "threads", "uploads", "realtime", "evals", "containers")),
 )
 

@@ -24,13 +24,10 @@ def _app() -> FastAPI:
 @pytest.mark.parametrize("method,path,api", [
     ("POST", "/v1/datasets", "datasets"),
     ("POST", "/v1/eval/benchmarks/b/jobs", "eval"),
-    ("POST", "/v1/vector-io/query", "vector_io"),
-    ("POST", "/v1/tool-runtime/rag-tool/insert", "tool_runtime (rag-tool)"),
     ("POST", "/v1/post-training/supervised-fine-tune", "post_training"),
     ("POST", "/v1/synthetic-data-generation/generate", "synthetic_data_generation"),
     ("POST", "/v1/batches", "OpenAI batches"),
-    ("GET", "/v1/openai/v1/vector_stores/vs_1/files", "OpenAI vector_stores"),
-    ("DELETE", "/v1/files/file-1", "OpenAI files"),
+    ("GET", "/v1/openai/v1/fine_tuning/jobs", "OpenAI fine_tuning"),
     ("POST", "/v1alpha/eval/benchmarks/b/jobs", "Llama Stack v1alpha"),
 ])
 def test_known_unserved_routes_answer_501(method: str, path: str, api: str) -> None:

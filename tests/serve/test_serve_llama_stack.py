@@ -60,11 +60,13 @@ def test_embeddings(stack_client):
 
 def test_providers_health_version_routes(stack_client):
     providers = {(p.api, p.provider_id, p.provider_type) for p in stack_client.providers.list()}
-    # inference (herd) and safety (the shield types the server has: code-shield is always there), and the
-    # tool runtime's (tests/serve/test_tool_runtime.py checks those)
-    assert {x for x in providers if x[0] != "tool_runtime"} == {("inference", "herd", "inline::herd"),
-                                                                ("safety", "code-shield", "inline::code-shield")}
+    # inference (herd), safety (the shield types the server has: code-shield is always there), retrieval
+    # (it serves an embedding model), and the tool runtime's (tests/serve/test_tool_runtime.py checks those)
+    assert {x for x in providers if x[0] != "tool_runtime"} == {
+        ("inference", "herd", "inline::herd"), ("safety", "code-shield", "inline::code-shield"),
+        ("vector_io", "sqlite-vec", "inline::sqlite-vec"), ("files", "localfs", "inline::localfs")}
     assert ("tool_runtime", "model-context-protocol", "remote::model-context-protocol") in providers
+    assert ("tool_runtime", "rag-runtime", "inline::rag-runtime") in providers
     assert stack_client.providers.retrieve("herd").provider_type == "inline::herd"
     assert stack_client.providers.retrieve("code-shield").api == "safety"
     assert stack_client.inspect.health().status == "OK"

@@ -12,3 +12,4 @@ from herd.serve.protocol.responses import *
 from herd.serve.protocol.safety import *
 from herd.serve.protocol.stack import *
 from herd.serve.protocol.tools import *
+from herd.serve.protocol.vector_stores import *

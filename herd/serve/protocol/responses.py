@@ -16,6 +16,8 @@ from herd.serve.protocol.common import Int, Metadata, RequestModel, ResponseMode
 
 __all__ = [
     "WEB_SEARCH_TYPES",
+    "FileSearchCallInput",
+    "FileSearchToolIn",
     "FunctionCallInput",
     "FunctionCallOutputInput",
     "FunctionToolIn",
@@ -95,6 +97,16 @@ class WebSearchCallInput(RequestModel):
     action: dict[str, Any] | None = None
 
 
+class FileSearchCallInput(RequestModel):
+    """A server-side file search of a previous response (context only, like a web search)."""
+
+    type: Literal["file_search_call"]
+    id: str
+    status: str | None = None
+    queries: list[str] | None = None
+    results: list[dict[str, Any]] | None = None
+
+
 class McpListToolsInput(RequestModel):
     type: Literal["mcp_list_tools"]
     id: str
@@ -122,14 +134,17 @@ def _item_tag(value: Any) -> str | None:
 
 
 _ITEM_TAGS = {"message": "Message", "function_call": "FunctionCall", "function_call_output": "FunctionCallOutput",
-              "web_search_call": "WebSearchCall", "mcp_list_tools": "McpListTools", "mcp_call": "McpCall"}
+              "web_search_call": "WebSearchCall", "mcp_list_tools": "McpListTools", "mcp_call": "McpCall",
+              "file_search_call": "FileSearchCall"}
 InputItem = Annotated[
     Annotated[InputMessage, Tag("Message")] | Annotated[FunctionCallInput, Tag("FunctionCall")]
     | Annotated[FunctionCallOutputInput, Tag("FunctionCallOutput")] | Annotated[WebSearchCallInput, Tag("WebSearchCall")]
-    | Annotated[McpListToolsInput, Tag("McpListTools")] | Annotated[McpCallInput, Tag("McpCall")],
+    | Annotated[McpListToolsInput, Tag("McpListTools")] | Annotated[McpCallInput, Tag("McpCall")]
+    | Annotated[FileSearchCallInput, Tag("FileSearchCall")],
     Discriminator(_item_tag, custom_error_type="invalid_item",
                   custom_error_message="an input item is a message ({role, content}) or has type function_call, "
-                                       "function_call_output, web_search_call, mcp_list_tools or mcp_call")]
+                                       "function_call_output, web_search_call, file_search_call, mcp_list_tools or "
+                                       "mcp_call")]
 
 
 # ---- tools and tool_choice -------------------------------------------------------------------
@@ -149,6 +164,16 @@ class WebSearchToolIn(RequestModel):
     """Web search, run by the server (tool group builtin::websearch)."""
 
     type: Literal["web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"]
+
+
+class FileSearchToolIn(RequestModel):
+    """Search over vector stores, run by the server (herd/rag through the builtin::rag tool group)."""
+
+    type: Literal["file_search"]
+    vector_store_ids: list[str] = Field(min_length=1, max_length=16)
+    max_num_results: Int = Field(10, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    ranking_options: dict[str, Any] | None = None  # {ranker, score_threshold}
 
 
 class McpToolFilter(RequestModel):
@@ -172,14 +197,16 @@ def _tool_tag(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     if kind in WEB_SEARCH_TYPES:
         return "WebSearch"
-    return {"function": "Function", "mcp": "Mcp"}.get(kind) if isinstance(kind, str) else None
+    return {"function": "Function", "mcp": "Mcp", "file_search": "FileSearch"}.get(kind) if isinstance(kind, str) \
+        else None
 
 
 ToolIn = Annotated[
     Annotated[FunctionToolIn, Tag("Function")] | Annotated[WebSearchToolIn, Tag("WebSearch")]
-    | Annotated[McpToolIn, Tag("Mcp")],
+    | Annotated[McpToolIn, Tag("Mcp")] | Annotated[FileSearchToolIn, Tag("FileSearch")],
     Discriminator(_tool_tag, custom_error_type="invalid_tool",
-                  custom_error_message="herd serves tools of type function, web_search (web_search_preview) and mcp")]
+                  custom_error_message="herd serves tools of type function, web_search (web_search_preview), "
+                                       "file_search and mcp")]
 
 
 class NamedFunctionChoice(RequestModel):
@@ -188,7 +215,8 @@ class NamedFunctionChoice(RequestModel):
 
 
 class HostedToolChoice(RequestModel):
-    type: Literal["web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"]
+    type: Literal["web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11",
+                  "file_search"]
 
 
 class McpToolChoice(RequestModel):
@@ -201,7 +229,7 @@ def _choice_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "Mode"
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    if kind in WEB_SEARCH_TYPES:
+    if kind in WEB_SEARCH_TYPES or kind == "file_search":
         return "Hosted"
     return {"function": "Function", "mcp": "Mcp"}.get(kind) if isinstance(kind, str) else None
 
@@ -211,7 +239,7 @@ ToolChoiceIn = Annotated[
     | Annotated[HostedToolChoice, Tag("Hosted")] | Annotated[McpToolChoice, Tag("Mcp")],
     Discriminator(_choice_tag, custom_error_type="invalid_tool_choice",
                   custom_error_message="tool_choice is auto, none, required, {type: function, name}, "
-                                       "{type: web_search} or {type: mcp, server_label, name}")]
+                                       "{type: web_search}, {type: file_search} or {type: mcp, server_label, name}")]
 
 
 def _as_items(value: Any) -> Any:
@@ -256,6 +284,7 @@ class ResponseCreateRequest(RequestModel):
     max_tool_calls: Int | None = Field(None, ge=1)
     max_infer_iters: Int = Field(10, ge=1, le=MAX_INFER_ITERS)  # herd (Llama Stack) extension: model turns
     metadata: Metadata | None = Field(None, max_length=16)
+    include: list[str] | None = None  # "file_search_call.results": the search results in the output item
 
 
 # ---- what comes back -----------------------------------------------------------------------------
