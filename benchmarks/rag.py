@@ -445,7 +445,7 @@ def render(r: dict) -> str:
             (f"Synthetic chunks: seeded random unit vectors (dim {DIM}), texts of {r['words']} words drawn from "
              f"{VOCAB} made-up words (Zipf-Mandelbrot, s={ZIPF_S}, q={ZIPF_Q}). {l0['queries']} queries per size "
              f"(random unit vectors; 3 words from the same distribution, matched with OR), each method in a rotated "
-             f"order, after a warm-up of 5. k={LATENCY_K}; hybrid is `herd.rag.search.search` (rrf, both lists "
+             f"order, after a warm-up of 5. k={LATENCY_K}; hybrid is `herd.rag.search.search` (the default weighted fusion, both lists "
              f"50 deep); numpy is `vectors @ q` + argpartition over the same matrix in memory "
              f"(OPENBLAS_NUM_THREADS={r['machine']['blas_threads']}; sqlite-vec scans on one thread too). Recall: sqlite-vec's "
              f"top {LATENCY_K} against numpy's (both exact). Milliseconds, p50 / p95."),
