@@ -54,6 +54,7 @@ def add_rag_parser(sub: Any) -> argparse.ArgumentParser:
                      help="tokens per chunk, 100-4096 (default auto: 254 tokens, the embedding model's window)")
     ing.add_argument("--chunk-overlap", type=int, default=None, metavar="M",
                      help="tokens shared by consecutive chunks, at most half the chunk size (default: half)")
+    _embedding_arg(ing)
     ing.add_argument("--json", action="store_true", help="print a summary object instead of the per-file lines")
 
     se = actions.add_parser("search", help="the chunks that best match a query", epilog=EPILOG,
@@ -63,6 +64,7 @@ def add_rag_parser(sub: Any) -> argparse.ArgumentParser:
     se.add_argument("--mode", choices=MODES, default="hybrid",
                     help="vector (meaning), keyword (BM25 words) or hybrid (both, fused; default)")
     se.add_argument("-k", type=int, default=5, metavar="K", help="how many results (default 5)")
+    _embedding_arg(se)
     se.add_argument("--json", action="store_true",
                     help="print a JSON list of {file_id, filename, score, text, metadata}")
 
@@ -83,6 +85,7 @@ def add_rag_parser(sub: Any) -> argparse.ArgumentParser:
                      help="weight dtype (default: float32 on CPU, bfloat16 on CUDA)")
     ask.add_argument("--quantize", choices=["none", "bf16", "int8", "int4"], default="none",
                      help="weight-only quantization for CPU decode (default none)")
+    _embedding_arg(ask)
     ask.add_argument("--json", action="store_true",
                      help="print {answer, sources: [{n, file_id, filename, score, text, metadata}], messages}")
     # what commands.load_llm reads besides the flags above (herd generate's defaults)
@@ -103,6 +106,12 @@ def add_rag_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _embedding_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding-model", default=None, metavar="NAME|DIR",
+                   help="all-MiniLM-L6-v2 (default) or a sentence-transformers model directory; a store is "
+                   "searched with the model it was built with")
+
+
 def _store_arg(p: argparse.ArgumentParser, help: str = "the vector store: its name or vs_ id") -> None:
     p.add_argument("--store", "-s", required=True, metavar="NAME", help=help)
 
@@ -110,11 +119,12 @@ def _store_arg(p: argparse.ArgumentParser, help: str = "the vector store: its na
 # ---- shared ------------------------------------------------------------------------------------
 
 
-def _service() -> Any:
+def _service(embedding_model: str | None = None) -> Any:
     from herd.rag.embed import Embedder
     from herd.rag.service import RagService
 
-    return RagService(Embedder.load)  # the embedding model loads only when a command needs it
+    # the embedding model loads only when a command needs it
+    return RagService(lambda: Embedder.load(embedding_model))
 
 
 def _find_store(rag: Any, name: str) -> Any:
@@ -534,7 +544,7 @@ def cmd_rag(args: argparse.Namespace) -> int:
     action = {"ingest": _ingest, "search": _search, "ask": _ask, "list": _list, "delete": _delete}[args.rag_action]
     if args.rag_action == "ingest":
         _chunking(args)  # bad options: one line, exit 2, before the store is opened
-    rag = _service()
+    rag = _service(getattr(args, "embedding_model", None))
     try:
         return action(rag, args)
     finally:

@@ -57,6 +57,10 @@ class Conflict(HerdError):
     """The request clashes with the current state (an id already used; HTTP 400/409)."""
 
 
+class _Stopped(Exception):
+    """The service is closing: an ingestion stops between batches and stays in_progress (resume() redoes it)."""
+
+
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
@@ -246,7 +250,8 @@ class RagService:
             return self._db.changes()
 
     def close(self) -> None:
-        """Stop taking work, finish what runs, close the files."""
+        """Stop taking work, let a running ingestion stop at its next batch (it stays in_progress and is
+        redone by the next resume()), close the files."""
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
@@ -429,6 +434,9 @@ class RagService:
                 self._write("UPDATE store_files SET status = 'completed', usage_bytes = ? WHERE store_id = ? AND "
                             "file_id = ?", (usage, store_id, file_id))
             log.info("vector store %s: %s (%s) ingested, %d chunks", store_id, file_id, name, len(chunks))
+        except _Stopped:
+            log.info("vector store %s: ingesting %s stopped by shutdown; it resumes at the next start", store_id,
+                     file_id)
         except Exception as e:  # noqa: BLE001 - the failure is the file's status, not the worker's death
             code = "unsupported_file" if isinstance(e, UnsupportedFileType) else \
                 "invalid_file" if isinstance(e, ExtractionError) else "server_error"
@@ -447,6 +455,8 @@ class RagService:
         """The chunks' vectors, EMBED_BATCH at a time (`progress(n)` after each batch)."""
         parts = []
         for start in range(0, len(chunks), EMBED_BATCH):
+            if self._closed:
+                raise _Stopped()
             batch = chunks[start:start + EMBED_BATCH]
             parts.append(self.embedder.embed([c.text for c in batch]))
             if progress:
@@ -578,8 +588,9 @@ class RagService:
         emb = self.embedder
         for s in stores:
             if s.embedding_model != emb.model_id or s.dim != emb.dim:
-                raise HerdError(f"vector store {s.id!r} was embedded with {s.embedding_model}; this server embeds "
-                                f"with {emb.model_id}", "vector_store_ids")
+                raise HerdError(f"vector store {s.id!r} was embedded with {s.embedding_model}, but the embedding "
+                                f"model here is {emb.model_id}: search it with the model that built it",
+                                "vector_store_ids")
         vector = emb.embed_query(query) if mode != "keyword" else None
         now = _now()
         with self._lock, self._db:

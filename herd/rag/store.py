@@ -200,6 +200,8 @@ class SQLiteVecStore:
     # ---- chunks -------------------------------------------------------------------------------------
     def add(self, collection_id: str, chunks: Sequence[Chunk], vectors: np.ndarray, *,
             replace_documents: bool = False) -> list[str]:
+        import apsw
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(chunks):
             raise HerdError(f"{len(chunks)} chunks need {len(chunks)} vectors, got an array of shape {vectors.shape}")
@@ -214,10 +216,13 @@ class SQLiteVecStore:
             ids = []
             for c, v in zip(chunks, vectors):
                 cid = c.chunk_id or uuid.uuid4().hex
-                db.execute("INSERT INTO chunks (collection, chunk_id, document_id, position, text, metadata, tokens) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (collection_id, cid, c.document_id, c.position, c.text, json.dumps(c.metadata),
-                            c.token_count))
+                try:
+                    db.execute("INSERT INTO chunks (collection, chunk_id, document_id, position, text, metadata, "
+                               "tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (collection_id, cid, c.document_id, c.position, c.text, json.dumps(c.metadata),
+                                c.token_count))
+                except apsw.ConstraintError:
+                    raise HerdError(f"chunk id {cid!r} is already stored", "chunk_id") from None
                 rowid = db.last_insert_rowid()
                 db.execute(f"INSERT INTO vec_{num}(rowid, embedding) VALUES (?, ?)", (rowid, v.tobytes()))
                 db.execute(f"INSERT INTO fts_{num}(rowid, text) VALUES (?, ?)", (rowid, c.text))

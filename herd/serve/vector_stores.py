@@ -15,6 +15,7 @@ import base64
 import logging
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -384,7 +385,8 @@ async def insert_chunks(rag: RagService, body: p.VectorIOInsertRequest) -> None:
         text = content_text(c.content, f"chunks[{i}].content")
         if not text.strip():
             raise bad_request(f"chunks[{i}].content is empty", f"chunks[{i}].content")
-        doc = str(c.metadata.get("document_id") or (c.chunk_metadata or {}).get("document_id") or f"chunk-{i}")
+        doc = str(c.metadata.get("document_id") or (c.chunk_metadata or {}).get("document_id")
+                  or f"doc-{uuid.uuid4().hex[:16]}")  # a chunk without a document is a document of its own
         chunks.append(Chunk(text, doc, int(c.metadata.get("position", 0)) if isinstance(
             c.metadata.get("position"), int) else 0, dict(c.metadata), 0, c.chunk_id or c.stored_chunk_id or ""))
         vectors.append(c.embedding)

@@ -174,7 +174,7 @@ def test_writes_are_all_or_none(store):
     with pytest.raises(HerdError):
         store.add("w", chunks, vectors[:4])  # one vector short
     chunks[3].chunk_id = chunks[1].chunk_id = "same-id"  # the second insert fails in the database
-    with pytest.raises(Exception):
+    with pytest.raises(HerdError, match="same-id"):
         store.add("w", chunks, vectors)
     assert store.count("w") == 0 and store.vector_search("w", vectors[0], 5) == []
 
@@ -202,19 +202,18 @@ def test_service_ingests_searches_and_survives_a_restart(tmp_path, embedder):
     again.close()
 
 
-def test_files_left_in_progress_are_ingested_again(tmp_path, embedder):
+def test_a_shutdown_mid_ingestion_leaves_it_to_resume(tmp_path, embedder):
     rag = RagService(embedder, root=tmp_path)
-    vs = rag.create_store("docs")
-    f = rag.add_file("a.txt", b"Parking permits are renewed every January.")
+    vs = rag.create_store("docs", chunking=Chunking.static(100, 0))
+    text = "Parking permits are renewed every January. " + words(16000, 5)  # ~200 chunks: several batches
+    f = rag.add_file("a.txt", text.encode())
     rag.attach(vs.id, f.id)
-    rag.wait(vs.id, f.id)
-    # the state a process killed mid-ingestion leaves: the file in progress, its chunks not written
-    rag.store.delete_document(vs.id, f.id)
-    rag._write("UPDATE store_files SET status = 'in_progress' WHERE file_id = ?", (f.id,))
-    rag.close()
+    rag.close()  # while the first batch embeds: the job stops at its next batch
     again = RagService(embedder, root=tmp_path)
+    assert again.get_store_file(vs.id, f.id).status == "in_progress" and again.store.count(vs.id) == 0
     assert again.resume() == 1
     assert again.wait(vs.id, f.id).status == "completed"
+    assert again.store.count(vs.id) > 2 * 64
     assert again.search([vs.id], "parking permits", mode="keyword", k=1)[0].chunk.document_id == f.id
     again.close()
 
@@ -260,3 +259,27 @@ def test_bad_requests_to_the_service(tmp_path, embedder):
     assert rag.get_store(vs.id).file_counts["total"] == 0
     assert [p.name for p in tmp_path.joinpath("files").iterdir()] == [f.id]  # only the good upload kept
     rag.close()
+
+
+def test_another_embedding_model_directory(tmp_path, embedder):
+    """Any sentence-transformers directory embeds (its name becomes the store's model); a store is searched
+    only with the model that built it."""
+    import shutil
+
+    from herd.model.bert import minilm_dir
+    from herd.rag.embed import Embedder
+
+    own = tmp_path / "my-encoder"
+    shutil.copytree(minilm_dir(), own)
+    other = Embedder.load(own)
+    assert other.model_id == "my-encoder" and other.dim == 384
+    rag = RagService(other, root=tmp_path / "a")
+    vs = rag.create_store("s")
+    rag.insert_document(vs.id, "d", Document("d.txt", "text/plain", [Section("The cafeteria serves ramen.")]))
+    assert rag.get_store(vs.id).embedding_model == "my-encoder"
+    assert rag.search([vs.id], "noodles", k=1)[0].chunk.document_id == "d"
+    rag.close()
+    default = RagService(embedder, root=tmp_path / "a")
+    with pytest.raises(HerdError, match="my-encoder"):
+        default.search([vs.id], "noodles")
+    default.close()

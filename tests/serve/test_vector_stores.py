@@ -273,6 +273,18 @@ def test_llama_stack_vector_io_and_rag_tool(server):
                                          query_config={"max_chunks": 2, "mode": "hybrid"})
     assert out.metadata["document_ids"][0] == "handbook"
     assert "laptop and a badge" in out.content[0].text
+    # all or none: a repeated chunk id fails the whole insert, which stores nothing
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        r = http.post("/v1/vector-io/insert", json={"vector_db_id": "stack-db", "chunks": [
+            {"content": "Lockers are emptied every Friday evening.", "metadata": {"document_id": "lockers"},
+             "chunk_id": "dup"},
+            {"content": "Lockers are cleaned on Saturdays.", "metadata": {"document_id": "lockers"}, "chunk_id": "dup"}]})
+        assert r.status_code == 400 and "dup" in r.json()["error"]["message"]
+        r = http.post("/v1/vector-io/insert", json={"vector_db_id": "stack-db", "chunks": [
+            {"content": "x", "embedding": [0.1, 0.2]}]})
+        assert r.status_code == 400 and "384" in r.json()["error"]["message"]
+    res = ls.vector_io.query(vector_db_id="stack-db", query="lockers emptied", params={"mode": "keyword"})
+    assert "lockers" not in [c.metadata["document_id"] for c in res.chunks]
     ls.vector_dbs.unregister("stack-db")
     assert "stack-db" not in [d.identifier for d in ls.vector_dbs.list()]
 
