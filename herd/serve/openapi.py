@@ -31,13 +31,15 @@ STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-comp
 GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
 OPEN = {"/v1/health"}
+CONFLICTING = {"/v1/vector-dbs"}  # registering an id that exists with another embedding model
 REASONS = {
     400: "Bad request: invalid JSON, a field of the wrong type or value (param names it)",
     401: "Missing or invalid API key (when the server has one)",
     404: "Unknown model, shield or resource; the message lists what exists",
     408: "The request body did not arrive within server.body_timeout",
-    413: "The request body is over server.max_request_bytes",
-    415: "The request body is not JSON (Content-Type must be application/json)",
+    409: "The resource exists already, made differently (a vector DB with another embedding model)",
+    413: "The request body is over server.max_request_bytes (an uploaded file: over rag.max_file_bytes)",
+    415: "The request body is not JSON (Content-Type must be application/json; file uploads: multipart/form-data)",
     429: "The model's queue is full (limits.max_waiting_requests / max_queued_tokens); see Retry-After",
     500: "An internal error (for one request: the engine failed it); the server log has the details",
     502: "A shield model answered something it should not",
@@ -61,8 +63,11 @@ def _statuses(path: str, method: str, op: dict[str, Any]) -> list[int]:
         out.append(400)
     if body:
         out += [408, 413, 415]
-    if body or "{" in path:
+    ids = any(x.get("in") == "query" and str(x.get("name", "")).endswith("_id") for x in op.get("parameters", ()))
+    if body or "{" in path or ids:  # a resource named in the path, the body or an `..._id` query parameter
         out.append(404)
+    if path in CONFLICTING and method == "post":
+        out.append(409)
     if path in GENERATING and method == "post":
         out += [429, 504]
     if path in SHIELDED and method == "post":
