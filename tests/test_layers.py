@@ -16,7 +16,7 @@ RANK = {
     "errors": 0, "config": 0, "home": 0, "gguf_meta": 0,
     "model": 1, "tokenizer": 1,
     "hub": 2,
-    "engine": 3, "llm": 3, "generator": 3,
+    "engine": 3, "llm": 3, "generator": 3, "generator_http": 3,
     "serve": 4, "agents": 4, "safety": 4, "rag": 4, "eval": 4, "sdg": 4, "tools": 4,
     "train": 4,
     "cli": 5, "__init__": 5,

@@ -22,6 +22,17 @@ data: one JSON object per line, {"messages": [...OpenAI chat messages, tool call
 model's own chat format (the Llama 3.1 format with tools for Llama models, the checkpoint's template else).
 exit status: 0 done, 2 bad input (data errors name file:line)
 """
+RS_EPILOG = """examples:
+  herd train rejection-sample --data prompts.jsonl --out sft.jsonl --pairs-out prefs.jsonl -n 4 --verifier tool_call
+  herd train rejection-sample --base-url http://127.0.0.1:8321/v1 --api-model llama --data math.jsonl \\
+      --out sft.jsonl --verifier exact -n 8 --temperature 1.0
+  herd train rejection-sample --data chat.jsonl --out sft.jsonl --verifier judge --rubric "accurate and brief" \\
+      --min-score 0.7
+prompts: one JSON object per line, {"messages": [...ending with the user's turn...], "tools": [...]?} plus
+what the verifier reads: exact: "answer" (string or list); regex: "pattern"; json_schema: "schema";
+tool_call: "expected_tool_calls" ([{"name", "arguments"}]); judge: nothing (a model grades 1-10).
+The Llama 3.1 post-training loop as three commands: rejection-sample -> train sft -> train dpo.
+"""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
 
@@ -63,6 +74,32 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     sft.add_argument("--tool-format", choices=["json", "function_tag", "python_list"], default="json",
                      help="how tool definitions and calls are rendered for Llama 3 models (default json)")
     sft.add_argument("--json", action="store_true", help="print a summary object at the end")
+
+    rs = actions.add_parser("rejection-sample", help="N answers per prompt, verified; the best kept as SFT data",
+                            epilog=RS_EPILOG, formatter_class=fmt)
+    rs.add_argument("--model", "-m", default=None,
+                    help="the model, in-process (default: the embedded smollm2-135m-instruct); or --base-url")
+    rs.add_argument("--base-url", default=None, metavar="URL",
+                    help="sample from an OpenAI-compatible server instead (e.g. http://127.0.0.1:8321/v1)")
+    rs.add_argument("--api-model", default=None, metavar="NAME", help="the model name at --base-url")
+    rs.add_argument("--api-key", default=None, help="bearer key for --base-url (default: $OPENAI_API_KEY)")
+    rs.add_argument("--data", required=True, metavar="FILE",
+                    help="prompts JSONL: {messages, tools?, and what the verifier reads}")
+    rs.add_argument("--out", required=True, metavar="FILE", help="the kept answers as SFT JSONL")
+    rs.add_argument("--pairs-out", default=None, metavar="FILE",
+                    help="also best-vs-worst preference pairs (for herd train dpo)")
+    rs.add_argument("-n", type=int, default=4, help="samples per prompt (default 4)")
+    rs.add_argument("--verifier", choices=["exact", "regex", "json_schema", "tool_call", "judge"], required=True)
+    rs.add_argument("--rubric", default="correct, helpful and concise", help="what the judge looks for")
+    rs.add_argument("--judge-model", default=None, metavar="NAME",
+                    help="the judge's model name at --base-url (default: the sampled model)")
+    rs.add_argument("--min-score", type=float, default=1.0, help="keep the best answer if it scores this (0..1)")
+    rs.add_argument("--temperature", "-t", type=float, default=0.8)
+    rs.add_argument("--top-p", type=float, default=None)
+    rs.add_argument("--max-tokens", type=int, default=512)
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    rs.add_argument("--json", action="store_true", help="print a summary object at the end")
     p.set_defaults(handler=cmd_train, train_parser=p)
     return p
 
@@ -71,7 +108,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.train_action is None:
         args.train_parser.print_help(sys.stderr)
         return 2
+    if args.train_action == "rejection-sample":
+        return _rejection_sample(args)
     return _sft(args)
+
+
+def _rejection_sample(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import os
+
+    from herd.train.rejection import VERIFIERS, judge, read_prompts, rejection_sample, write_jsonl
+
+    if args.n < 1 or args.concurrency < 1 or not 0.0 <= args.min_score <= 1.0:
+        raise HerdError("-n and --concurrency must be >= 1 and --min-score in 0..1")
+    if args.base_url and not args.api_model:
+        raise HerdError("--base-url needs --api-model (the model's name there)")
+    records = read_prompts(args.data)  # bad prompts: one line naming file:line, before any model loads
+    if not records:
+        raise HerdError(f"--data {args.data}: no prompts")
+
+    async def run(gen: Any, judge_gen: Any) -> Any:
+        verifier = judge(judge_gen, args.rubric) if args.verifier == "judge" else VERIFIERS[args.verifier]
+        from tqdm import tqdm
+
+        with tqdm(total=len(records), unit="prompt", desc="rejection sampling", file=sys.stderr) as bar:
+            return await rejection_sample(gen, records, verifier, n=args.n, temperature=args.temperature,
+                                          top_p=args.top_p, max_tokens=args.max_tokens, min_score=args.min_score,
+                                          seed=args.seed, concurrency=args.concurrency, progress=bar.update)
+
+    if args.base_url:
+        from herd.generator_http import OpenAIGenerator
+
+        key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        gen = OpenAIGenerator(args.base_url, args.api_model, api_key=key)
+        judge_gen = OpenAIGenerator(args.base_url, args.judge_model or args.api_model, api_key=key)
+        result = asyncio.run(run(gen, judge_gen))
+    else:
+        from herd import hub
+        from herd.serve.config import ModelSpec, default_id
+        from herd.serve.generator import ServedGenerator, local_context
+        from herd.serve.models import ModelRegistry
+
+        ref = args.model or hub.DEFAULT_MODEL
+        spec = ModelSpec(id=default_id(ref), model=ref, seed=args.seed)
+        print(f"loading {ref} ...", file=sys.stderr, flush=True)
+        models = ModelRegistry.load([spec], progress=False)
+        try:
+            gen = ServedGenerator(models.llm(spec.id), local_context())
+            result = asyncio.run(run(gen, gen))
+        finally:
+            models.shutdown()
+    write_jsonl(args.out, result.sft)
+    if args.pairs_out:
+        write_jsonl(args.pairs_out, result.pairs)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['kept']} of {summary['prompts']} prompts kept ({summary['samples']} samples, mean best "
+              f"score {summary['mean_best_score']}) -> {args.out}"
+              + (f"; {summary['pairs']} pairs -> {args.pairs_out}" if args.pairs_out else ""))
+    return 0
 
 
 def _lora_config(args: argparse.Namespace) -> Any:

@@ -138,3 +138,23 @@ def test_unknown_lora_target_is_a_one_line_error(tiny, data, tmp_path):
                  "--lora-rank", "4", "--lora-targets", "q,attention_magic")
     assert r.returncode == 2 and "attention_magic" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_rejection_sample_command_in_process(tmp_path):
+    """`herd train rejection-sample` on the embedded model: the kept answers verify, and feed `train sft`'s reader."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                                   "pattern": "Paris"}) + "\n")
+    out = tmp_path / "sft.jsonl"
+    r = herd_cli("train", "rejection-sample", "--data", str(prompts), "--out", str(out), "-n", "2", "--verifier",
+                 "regex", "--max-tokens", "16", "--temperature", "0.5", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert summary["samples"] == 2 and summary["kept"] == len(rows)
+    for row in rows:
+        assert "Paris" in row["messages"][-1]["content"] and row["messages"][-1]["role"] == "assistant"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n')
+    r = herd_cli("train", "rejection-sample", "--data", str(bad), "--out", str(out), "--verifier", "regex")
+    assert r.returncode == 2 and "bad.jsonl:1" in r.stderr and "Traceback" not in r.stderr
