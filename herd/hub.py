@@ -472,8 +472,12 @@ def load(
     seed: int = 0,
     quantize: str | None = None,
     engine_config: EngineConfig | None = None,
+    lora: str | Path | None = None,
 ):
     """Load (model, tokenizer) for a reference; random:<preset> weights come from `seed`.
+
+    lora: a PEFT LoRA adapter directory (herd train's OUT/adapter, or peft's), merged into the weights at
+    load (before any quantization), so the model runs at the base's speed.
 
     quantize: None keeps the plain reference model (llama.py); otherwise the blocks are swapped for
     fused ones (herd/model/fused.py) whose projections are then "bf16" / "int8" / "int4"
@@ -494,12 +498,19 @@ def load(
     dtype = dtype or default_dtype(device)
     tokenizer = load_tokenizer_for(ref)
     hook = block_hook(quantize) if quantize is not None else None
+    load_hook = None if lora is not None else hook  # an adapter merges into the loaded weights first
     if ref.layout == "random":
-        model = random_model(ref.args, dtype=dtype, device=device, seed=seed, on_block=hook)
+        model = random_model(ref.args, dtype=dtype, device=device, seed=seed, on_block=load_hook)
     else:
-        model = load_model(ref.path, dtype=dtype, device=device, on_block=hook)
+        model = load_model(ref.path, dtype=dtype, device=device, on_block=load_hook)
     if not isinstance(model, Transformer):  # pragma: no cover - guards the contract
         raise TypeError("load_model must return a herd Transformer")
+    if lora is not None:
+        from herd.model.lora import load_peft_adapter, strip_lora
+
+        strip_lora(load_peft_adapter(model, lora))  # merged, the plain modules back
+        for i in range(len(model.layers)) if hook is not None else ():
+            hook(model, i)
     if quantize is not None:
         from herd.model.fused import fuse_model
         from herd.model.quantize import quantize_model

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from herd.config import KV_CACHE_DTYPES
@@ -80,6 +81,11 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", action="append", default=[], metavar="[ID=]MODEL",
                    help="a model to serve (repeatable): HF/Meta directory, .gguf file, built-in name or "
                    "random:<preset>, optionally named ID=MODEL (default: smollm2-135m-instruct)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=ADAPTER",
+                   help="also serve the first model with this PEFT LoRA adapter (herd train's OUT/adapter) as "
+                   "model NAME (repeatable). Each adapter is merged into its own copy of the weights at load: "
+                   "the base and every adapter run at full speed, at the memory of one more model each (one "
+                   "shared base with adapters batched together is not done yet)")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML server config (server, models, shields)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=None, help="port (default 8321; 0 picks a free one)")
@@ -142,6 +148,14 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     models = list(cfg.models) + [spec_from_arg(m) for m in args.model]
     if not any(m.type == "llm" for m in models):
         models.insert(0, ModelSpec(id=DEFAULT_MODEL))
+    for entry in args.lora:
+        name, sep, adapter = entry.partition("=")
+        if not sep or not name or not adapter:
+            raise HerdError(f"--lora {entry!r}: expected NAME=ADAPTER_DIR")
+        if not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            raise HerdError(f"--lora {entry!r}: {adapter} has no adapter_config.json (a PEFT LoRA adapter directory)")
+        base = next(m for m in models if m.type == "llm")
+        models.append(dataclasses.replace(base, id=name, aliases=(), lora=str(Path(adapter).expanduser())))
     overrides = {k: v for k, v in dict(num_blocks=args.num_blocks, kv_cache_memory=args.kv_cache_memory,
                                        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                                        kv_cache_dtype=args.kv_cache_dtype).items()

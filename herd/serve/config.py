@@ -52,6 +52,7 @@ class ModelSpec:
     quantize: Literal["none", "bf16", "int8", "int4"] = "none"
     device: str | None = None
     seed: int = 0  # random:<preset> weights
+    lora: str | None = None  # a PEFT LoRA adapter directory merged into the weights at load
     tool_prompt_format: Literal["json", "function_tag", "python_list"] = "json"
     aliases: tuple[str, ...] = ()  # other names that resolve to this model
     engine: EngineConfig = field(default_factory=EngineConfig)

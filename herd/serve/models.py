@@ -165,7 +165,7 @@ def _load_llm(spec: ModelSpec, bar: Any) -> LLMModel:
         raise HerdError(f"model {spec.id}: unknown dtype {spec.dtype!r}; choose from {', '.join(DTYPES)}")
     bar.set_postfix_str(f"{spec.id}: loading weights")
     model, tokenizer = hub.load(ref, dtype=DTYPES.get(spec.dtype or ""), device=spec.device, seed=spec.seed,
-                                quantize=spec.quantize, engine_config=spec.engine)
+                                quantize=spec.quantize, engine_config=spec.engine, lora=spec.lora)
     bar.update(1)
     bar.set_postfix_str(f"{spec.id}: allocating the KV cache")
     engine = LLMEngine(model, tokenizer, spec.engine)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from tinymodels import build_tiny_llama3  # noqa: E402
 
 from herd.train.data import TRAIN_DATE  # noqa: E402
@@ -117,6 +118,26 @@ def test_lora_run_writes_a_peft_adapter_and_a_merged_model(tiny, data, tmp_path)
         torch.testing.assert_close(merged(tokens), base(tokens), atol=1e-4, rtol=1e-4)
         plain = load_model(tiny, dtype=torch.float32)(tokens)
     assert (merged(tokens) - plain).abs().max() > 1e-3  # the adapter changed something
+
+    # herd serve --lora: the base and the adapter, one process, each answering as its own checkpoint does
+    import openai
+    from servekit import ServerProcess
+
+    from herd import LLM
+    from herd.engine.request import SamplingParams
+
+    srv = ServerProcess("--model", f"base={tiny}", "--lora", f"tuned={out / 'adapter'}", "--embedding-model", "none",
+                        "--num-blocks", "64")
+    try:
+        client = openai.OpenAI(base_url=srv.v1, api_key="x", max_retries=0, timeout=120)
+        assert {m.id for m in client.models.list()} == {"base", "tuned"}
+        ask = [{"role": "user", "content": "Say something."}]
+        for name, path in (("base", tiny), ("tuned", out / "merged")):
+            got = client.chat.completions.create(model=name, messages=ask, temperature=0, max_tokens=12)
+            want = LLM(str(path), dtype="float32").chat(ask, SamplingParams(temperature=0.0, max_tokens=12))
+            assert got.choices[0].message.content == want.message.content, name
+    finally:
+        assert srv.stop() == 0, srv.output()[-2000:]
 
 
 @pytest.mark.parametrize("line, words", [
