@@ -22,6 +22,25 @@ data: one JSON object per line, {"messages": [...OpenAI chat messages, tool call
 model's own chat format (the Llama 3.1 format with tools for Llama models, the checkpoint's template else).
 exit status: 0 done, 2 bad input (data errors name file:line)
 """
+DPO_EPILOG = """examples:
+  herd train dpo --data prefs.jsonl --out runs/dpo --lora-rank 16 --max-steps 100 --beta 0.1
+  herd train dpo --model runs/tools/merged --data prefs.jsonl --out runs/dpo --epochs 1 --lr 5e-7
+data: one JSON object per line, {"prompt": "..." or [messages], "chosen": "..." or [messages],
+"rejected": ..., "tools": [...]?}; only the answers are scored. The reference model is the starting model
+(with LoRA: the base with the adapter switched off), its log-probs computed once and kept in OUT.
+"""
+DISTILL_EPILOG = """examples:
+  herd train distill --model smollm2-135m-instruct --teacher ./SmolLM2-1.7B-Instruct --data chat.jsonl \\
+      --out runs/kd --lora-rank 16 --max-steps 300 --temperature 2 --alpha 0.5 --top-k 64
+loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE, on the assistant tokens; the teacher runs
+frozen beside the student (same tokenizer and vocabulary size), its top-K log-probs only with --top-k.
+"""
+PRETRAIN_EPILOG = """examples:
+  herd train pretrain --data corpus.jsonl --out runs/cpt --max-seq-len 1024 --max-steps 500 --lr 1e-4
+  herd train pretrain --data notes/*.txt --out runs/cpt --lora-rank 32 --epochs 2
+data: JSONL records with a `text` field, or plain text files (each one document); documents are packed
+end to end into blocks of --max-seq-len tokens, each attending only within itself.
+"""
 RS_EPILOG = """examples:
   herd train rejection-sample --data prompts.jsonl --out sft.jsonl --pairs-out prefs.jsonl -n 4 --verifier tool_call
   herd train rejection-sample --base-url http://127.0.0.1:8321/v1 --api-model llama --data math.jsonl \\
@@ -39,41 +58,40 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("train", help="fine-tune a model (SFT, full or LoRA) on chat data",
-                       description="Post-training on one machine: supervised fine-tuning of every weight or a "
-                       "LoRA adapter, checkpointed and resumable.", epilog=EPILOG, formatter_class=fmt)
+    p = sub.add_parser("train", help="post-training: SFT, DPO, continual pre-training, rejection sampling",
+                       description="Post-training on one machine: supervised fine-tuning, DPO and continual "
+                       "pre-training of every weight or a LoRA adapter, checkpointed and resumable; rejection "
+                       "sampling to make SFT data.", epilog=EPILOG, formatter_class=fmt)
     actions = p.add_subparsers(dest="train_action", metavar="METHOD")
     sft = actions.add_parser("sft", help="supervised fine-tuning on chat JSONL", epilog=EPILOG, formatter_class=fmt)
-    sft.add_argument("--model", "-m", default=None,
-                     help="HF or Meta checkpoint directory, .gguf file or built-in name (default: the embedded "
-                     "smollm2-135m-instruct, dequantized to float32)")
-    sft.add_argument("--data", required=True, metavar="FILE", help="chat JSONL (see below)")
-    sft.add_argument("--out", required=True, metavar="DIR", help="where checkpoints, metrics and outputs go")
-    sft.add_argument("--lora-rank", type=int, default=None, metavar="R",
-                     help="train a LoRA adapter of this rank instead of every weight")
-    sft.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha (default 2 x rank)")
-    sft.add_argument("--lora-dropout", type=float, default=0.0, metavar="P")
-    sft.add_argument("--lora-targets", default="q,k,v,o,gate,up,down",
-                     help="projections to adapt (default q,k,v,o,gate,up,down)")
-    sft.add_argument("--epochs", type=int, default=1)
-    sft.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps (over --epochs)")
-    sft.add_argument("--lr", type=float, default=None,
-                     help="peak learning rate (default 2e-4 with LoRA, 1e-5 for every weight)")
-    sft.add_argument("--warmup-steps", type=int, default=0)
-    sft.add_argument("--weight-decay", type=float, default=0.0)
-    sft.add_argument("--batch-size", type=int, default=1, metavar="B",
-                     help="packed blocks of --max-seq-len tokens per step (with --grad-accum: B x G)")
-    sft.add_argument("--grad-accum", type=int, default=1, metavar="G")
-    sft.add_argument("--max-seq-len", type=int, default=2048, metavar="T",
-                     help="tokens per packed block; longer dialogs are truncated (or --skip-long)")
+    _common(sft, "chat JSONL: {messages, tools?} per line (see below)")
     sft.add_argument("--skip-long", action="store_true", help="skip dialogs longer than --max-seq-len")
-    sft.add_argument("--seed", type=int, default=0)
-    sft.add_argument("--save-every", type=int, default=None, metavar="N", help="checkpoint every N steps")
-    sft.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-    sft.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="training weight dtype")
     sft.add_argument("--tool-format", choices=["json", "function_tag", "python_list"], default="json",
                      help="how tool definitions and calls are rendered for Llama 3 models (default json)")
-    sft.add_argument("--json", action="store_true", help="print a summary object at the end")
+
+    dpo = actions.add_parser("dpo", help="direct preference optimization on preference JSONL",
+                             epilog=DPO_EPILOG, formatter_class=fmt)
+    _common(dpo, "preference JSONL: {prompt, chosen, rejected, tools?} per line")
+    dpo.add_argument("--beta", type=float, default=0.1, help="DPO's beta (default 0.1)")
+    dpo.add_argument("--loss-type", choices=["sigmoid", "ipo"], default="sigmoid")
+    dpo.add_argument("--label-smoothing", type=float, default=0.0)
+    dpo.add_argument("--skip-long", action="store_true", help="skip pairs with a sequence over --max-seq-len")
+    dpo.add_argument("--tool-format", choices=["json", "function_tag", "python_list"], default="json")
+
+    dist = actions.add_parser("distill", help="knowledge distillation from a teacher model on chat JSONL",
+                              epilog=DISTILL_EPILOG, formatter_class=fmt)
+    _common(dist, "chat JSONL: {messages, tools?} per line (the assistant turns are distilled)")
+    dist.add_argument("--teacher", required=True, metavar="MODEL", help="the teacher (same vocabulary as --model)")
+    dist.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
+    dist.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term; 1 - alpha goes to CE")
+    dist.add_argument("--top-k", type=int, default=None, metavar="K",
+                      help="keep only the teacher's top-K log-probs per token (less memory); default: all")
+    dist.add_argument("--skip-long", action="store_true", help="skip dialogs longer than --max-seq-len")
+    dist.add_argument("--tool-format", choices=["json", "function_tag", "python_list"], default="json")
+
+    pre = actions.add_parser("pretrain", help="continual pre-training on raw text (packed, documents kept apart)",
+                             epilog=PRETRAIN_EPILOG, formatter_class=fmt)
+    _common(pre, "text: JSONL records with a `text` field, or plain .txt files (one document each)", many=True)
 
     rs = actions.add_parser("rejection-sample", help="N answers per prompt, verified; the best kept as SFT data",
                             epilog=RS_EPILOG, formatter_class=fmt)
@@ -104,13 +122,44 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> None:
+    """The options every training method takes."""
+    p.add_argument("--model", "-m", default=None,
+                   help="HF or Meta checkpoint directory, .gguf file or built-in name (default: the embedded "
+                   "smollm2-135m-instruct, dequantized to float32)")
+    p.add_argument("--data", required=True, metavar="FILE", nargs="+" if many else None, help=data_help)
+    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints, metrics and outputs go")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="train a LoRA adapter of this rank instead of every weight")
+    p.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, metavar="P")
+    p.add_argument("--lora-targets", default="q,k,v,o,gate,up,down",
+                   help="projections to adapt (default q,k,v,o,gate,up,down)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps (over --epochs)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 2e-4 with LoRA, 1e-5 for every weight)")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="packed blocks (DPO: pairs) per step; with --grad-accum: B x G")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="G")
+    p.add_argument("--max-seq-len", type=int, default=2048, metavar="T",
+                   help="tokens per packed block; longer sequences are truncated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=None, metavar="N", help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="training weight dtype")
+    p.add_argument("--json", action="store_true", help="print a summary object at the end")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.train_action is None:
         args.train_parser.print_help(sys.stderr)
         return 2
     if args.train_action == "rejection-sample":
         return _rejection_sample(args)
-    return _sft(args)
+    return _train(args)
 
 
 def _rejection_sample(args: argparse.Namespace) -> int:
@@ -182,7 +231,8 @@ def _lora_config(args: argparse.Namespace) -> Any:
                       dropout=args.lora_dropout, targets=targets)
 
 
-def _sft(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> int:
+    """sft / dpo / pretrain: check the options and the data, load the model, train, write the outputs."""
     import json
 
     import torch
@@ -190,11 +240,10 @@ def _sft(args: argparse.Namespace) -> int:
     from herd import hub
     from herd.tokenizer.prompter import Prompter
     from herd.train.loop import TrainConfig
-    from herd.train.sft import load_sft_data, run_sft
 
-    data = Path(args.data)
-    if not data.is_file():
-        raise HerdError(f"--data {args.data}: no such file")
+    for path in args.data if isinstance(args.data, list) else [args.data]:
+        if not Path(path).is_file():
+            raise HerdError(f"--data {path}: no such file")
     lora = _lora_config(args)  # bad LoRA options fail before the model loads
     lr = args.lr if args.lr is not None else (2e-4 if lora is not None else 1e-5)
     cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
@@ -205,26 +254,55 @@ def _sft(args: argparse.Namespace) -> int:
         print(f"note: {out} has no checkpoint yet; starting from the beginning", file=sys.stderr)
     ref = hub.resolve(args.model)
     tokenizer = hub.load_tokenizer_for(ref)
-    examples, stats = load_sft_data(data, Prompter(tokenizer), cfg, overflow="skip" if args.skip_long else "truncate",
-                                    tool_prompt_format=args.tool_format)  # bad data: one line, before the load
-    if not examples:
-        raise HerdError(f"--data {args.data}: no example left to train on ({stats.skipped} skipped)")
+    overflow = "skip" if getattr(args, "skip_long", False) else "truncate"
+    method = args.train_action
+    # the data first: a bad line is one error naming file:line, before the (slow) model load
+    if method in ("sft", "distill"):
+        from herd.train.sft import load_sft_data, run_sft
+
+        data, stats = load_sft_data(args.data, Prompter(tokenizer), cfg, overflow=overflow,
+                                    tool_prompt_format=args.tool_format)
+    elif method == "dpo":
+        from herd.train.dpo import load_dpo_data, run_dpo
+
+        data, stats = load_dpo_data(args.data, Prompter(tokenizer), cfg, overflow=overflow,
+                                    tool_prompt_format=args.tool_format)
+    else:
+        from herd.train.pretrain import load_text_data, run_pretrain
+
+        data, stats = load_text_data(args.data, tokenizer, cfg.seq_len)
+    if not data:
+        raise HerdError(f"--data: nothing left to train on ({stats.skipped} skipped)")
     print(f"loading {ref.name} ...", file=sys.stderr, flush=True)
     model, _ = hub.load(ref, dtype=getattr(torch, args.dtype), device="cpu")
-    bar = _Progress(cfg)
-    result = run_sft(model, examples, stats, out, cfg, lora=lora, resume=args.resume, on_step=bar.update,
-                     base_name=str(ref.path or ref.name))
+    bar = _Progress(cfg, method)
+    kw = dict(lora=lora, resume=args.resume, on_step=bar.update, base_name=str(ref.path or ref.name))
+    if method == "sft":
+        result = run_sft(model, data, stats, out, cfg, **kw)
+    elif method == "distill":
+        from herd.train.distill import run_distill
+
+        print(f"loading the teacher {args.teacher} ...", file=sys.stderr, flush=True)
+        teacher, _ = hub.load(args.teacher, dtype=getattr(torch, args.dtype), device="cpu")
+        result = run_distill(model, teacher, data, stats, out, cfg, temperature=args.temperature, alpha=args.alpha,
+                             top_k=args.top_k, **kw)
+    elif method == "dpo":
+        result = run_dpo(model, data, stats, out, cfg, beta=args.beta, loss_type=args.loss_type,
+                         label_smoothing=args.label_smoothing, **kw)
+    else:
+        result = run_pretrain(model, data, stats, out, cfg, **kw)
     bar.close()
     copied = copy_tokenizer(ref, out / "merged")
-    summary = {"out": str(out), "steps": result.steps, "final_loss": result.final_loss, "tokens": result.tokens,
-               "seconds": round(result.seconds, 1), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
-               "resumed_from": result.resumed_from, "data": stats.__dict__, "tokenizer_files": copied,
+    summary = {"method": method, "out": str(out), "steps": result.steps, "final_loss": result.final_loss,
+               "tokens": result.tokens, "seconds": round(result.seconds, 1),
+               "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)), "resumed_from": result.resumed_from,
+               "data": stats.__dict__, "tokenizer_files": copied,
                "adapter": str(out / "adapter") if lora is not None else None, "merged": str(out / "merged")}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{result.steps} steps, final loss {result.final_loss:.4f}, {summary['tokens_per_s']} tokens/s; "
-              f"{stats.examples} examples ({stats.truncated} truncated, {stats.skipped} skipped); "
+        print(f"{method}: {result.steps} steps, final loss {result.final_loss:.4f}, {summary['tokens_per_s']} "
+              f"tokens/s; {stats.examples} examples ({stats.truncated} truncated, {stats.skipped} skipped); "
               f"outputs in {out}")
     return 0
 
@@ -253,14 +331,14 @@ def copy_tokenizer(ref: Any, merged: Path) -> list[str]:
 class _Progress:
     """A progress bar over steps (made at the first step): loss, learning rate, tokens/s, ETA."""
 
-    def __init__(self, cfg: Any) -> None:
-        self.total, self.bar, self.t0 = cfg.max_steps, None, time.perf_counter()
+    def __init__(self, cfg: Any, desc: str = "train") -> None:
+        self.total, self.bar, self.t0, self.desc = cfg.max_steps, None, time.perf_counter(), desc
 
     def update(self, row: dict[str, Any]) -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=row["step"] - 1, unit="step", desc="sft", dynamic_ncols=True,
+            self.bar = tqdm(total=self.total, initial=row["step"] - 1, unit="step", desc=self.desc, dynamic_ncols=True,
                             file=sys.stderr)
         self.bar.update(row["step"] - self.bar.n)
         rate = row["tokens"] / max(time.perf_counter() - self.t0, 1e-9)

@@ -179,3 +179,44 @@ def test_rejection_sample_command_in_process(tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n')
     r = herd_cli("train", "rejection-sample", "--data", str(bad), "--out", str(out), "--verifier", "regex")
     assert r.returncode == 2 and "bad.jsonl:1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dpo_and_pretrain_commands(tiny, tmp_path):
+    """`herd train dpo` raises the chosen-vs-rejected margin; `herd train pretrain` lowers the text loss; both
+    write their outputs."""
+    prefs = tmp_path / "prefs.jsonl"
+    pairs = [("Capital of France?", "Paris.", "Lyon."), ("Capital of Italy?", "Rome.", "Milan."),
+             ("Capital of Spain?", "Madrid.", "Seville."), ("Capital of Japan?", "Tokyo.", "Osaka.")]
+    prefs.write_text("".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}) + "\n" for q, c, r in pairs))
+    out = tmp_path / "dpo"
+    r = herd_cli("train", "dpo", "--model", str(tiny), "--data", str(prefs), "--out", str(out), "--max-steps", "12",
+                 "--lr", "5e-3", "--lora-rank", "4", "--batch-size", "2", "--max-seq-len", "256", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "dpo_metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and rows[-1]["reward_margin"] > rows[0]["reward_margin"]
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 8}) + "\n"
+                              for _ in range(12)))
+    out = tmp_path / "cpt"
+    r = herd_cli("train", "pretrain", "--model", str(tiny), "--data", str(corpus), "--out", str(out), "--max-steps",
+                 "15", "--lr", "3e-3", "--max-seq-len", "128", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["method"] == "pretrain" and rows[-1]["loss"] < rows[0]["loss"] / 2
+    assert (out / "merged" / "model.safetensors").is_file()
+
+
+def test_distill_command(tiny, data, tmp_path):
+    """`herd train distill`: a student learns from a teacher with the same vocabulary (here the tiny model
+    fine-tuned above stands in as the teacher of a differently seeded tiny model)."""
+    student = build_tiny_llama3(tmp_path / "student", seed=5, max_seq_len=2048)
+    out = tmp_path / "kd"
+    r = herd_cli("train", "distill", "--model", str(student), "--teacher", str(tiny), "--data", str(data), "--out",
+                 str(out), "--max-steps", "6", "--lr", "3e-3", "--max-seq-len", "1024", "--top-k", "16", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]
+    assert (out / "merged" / "model.safetensors").is_file() and json.loads((out / "distill.json").read_text())
