@@ -296,4 +296,29 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
     finally:
         metrics.close()
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    plot_loss(out / "metrics.jsonl", out / "loss.png")
     return TrainResult(total - start, loss_value, tokens, time.perf_counter() - t0, resumed)
+
+
+def plot_loss(metrics: Path, png: Path) -> bool:
+    """The loss curve of a metrics.jsonl as a PNG (written then renamed); False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log" if rows and min(r["loss"] for r in rows) > 0 else "linear")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return True

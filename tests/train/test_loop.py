@@ -100,6 +100,7 @@ def test_a_tiny_model_learns_the_answers(tmp_path):
     assert result.steps == 120 and rows[0]["loss"] > 2.0 and result.final_loss < 0.05, rows[-1]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 121))
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the loss curve
 
 
 SCRIPT = textwrap.dedent('''
