@@ -9,11 +9,8 @@ How it rides on herd/train/loop.py unchanged:
 - Each pair is ONE block holding the chosen and the rejected sequence as two documents (the document
   mask keeps them apart and positions restart), so one forward gives both answers' log-probs: the sum of
   the token log-probs (`losses.token_logps`) over each document's learnt tokens.
-- The loop divides a step's loss by the count of learnt targets in the step's blocks. A DPO block's own
-  `labels` therefore carry no tokens: exactly one position is "learnt" and holds the block's index, so a
-  step's count is its number of pairs, the loss function returns (the pair's DPO loss, 1), and the step
-  loss (the one logged in metrics.jsonl, whose `trained_tokens` then counts pairs) is the mean over the
-  step's pairs. The answers' real labels live in `DPOObjective`, which finds them by that index.
+- The loop normalises a step's loss by `count(batch)` summed over its blocks; DPO counts one per pair, so the
+  loss function returns (the pair's DPO loss, 1) and the step loss is the mean over the step's pairs.
 - The reference log-probs are computed ONCE, before the first step, under no_grad in eval mode: with LoRA
   from the base model (`disable_lora`: the adapters switched off, no second copy of the weights),
   otherwise from the initial weights — which is what a frozen copy would give, without its memory. They
@@ -81,8 +78,7 @@ def _learnt_targets(ids: list[int], labels: list[int]) -> int:
 
 def pair_blocks(pairs: Sequence[PreferenceExample]) -> list[PackedBlock]:
     """One block per pair: the chosen sequence (document 0) then the rejected one (document 1), the
-    answers' labels as they are (unshifted, -100 outside the answers). Use `DPOObjective.train_blocks`
-    for what the loop trains on."""
+    answers' labels as they are (unshifted, -100 outside the answers): what the loop trains on."""
     blocks = []
     for n, pair in enumerate(pairs):
         where = pair.source or f"pair {n}"
@@ -166,20 +162,19 @@ class DPOObjective:
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.average = loss_type == "ipo"  # IPO compares length-averaged log-probs
         self.pending: list[dict[str, float]] = []
-        # what the loop sees: the same tokens, positions and documents; one "learnt" target holding the index
-        self.train_blocks = []
-        for i, b in enumerate(self.blocks):
-            labels = [IGNORE] * len(b.input_ids)
-            labels[1] = i  # block_tensors shifts: targets[0] = labels[1] (position 1 is in the chosen document)
-            self.train_blocks.append(PackedBlock(b.input_ids, labels, b.positions, b.doc_ids))
+        self.train_blocks = self.blocks  # what the loop trains on: the pair blocks themselves
+        self._by_tokens = {tuple(b.input_ids): i for i, b in enumerate(self.blocks)}
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        """What a step's loss is averaged over: pairs, one per block."""
+        return 1
 
     def index(self, batch: dict[str, torch.Tensor]) -> int:
-        """The pair a batch of train_blocks holds."""
-        marks = (batch["targets"][0] != IGNORE).nonzero()
-        i = int(batch["targets"][0, marks[0, 0]]) if len(marks) == 1 else -1
-        if not 0 <= i < len(self.blocks) or batch["tokens"].shape[1] != len(self.blocks[i].input_ids) \
-                or batch["tokens"][0].tolist() != self.blocks[i].input_ids:
-            raise HerdError("DPOObjective got a batch that is not one of its train_blocks")
+        """The pair a batch holds (pairs with the same tokens are the same pair)."""
+        i = self._by_tokens.get(tuple(batch["tokens"][0].tolist()))
+        if i is None:
+            raise HerdError("DPOObjective got a batch that is not one of its pair blocks")
         return i
 
     def pair_logps(self, model: nn.Module, i: int, batch: dict[str, torch.Tensor] | None = None,
@@ -304,6 +299,7 @@ def run_dpo(model: nn.Module, pairs: list[PreferenceExample], stats: DataStats, 
             if on_step:
                 on_step({**row, **extra})
 
-        result = train(model, objective.train_blocks, objective, cfg, out, resume=resume, on_step=step_done)
+        result = train(model, objective.train_blocks, objective, cfg, out, resume=resume, on_step=step_done,
+                       count=objective.count)
     save_outputs(model, out, lora=lora, base_name=base_name)
     return result

@@ -217,8 +217,11 @@ def _schedule(blocks: int, cfg: TrainConfig) -> Iterator[tuple[int, int, int]]:
 
 
 def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg: TrainConfig, out_dir: str | Path,
-          *, resume: bool = False, on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train the model's parameters that require grad on the blocks; see the module docstring."""
+          *, resume: bool = False, on_step: Callable[[dict[str, Any]], None] | None = None,
+          count: Callable[[dict[str, torch.Tensor]], int] | None = None) -> TrainResult:
+    """Train the model's parameters that require grad on the blocks; see the module docstring. A step's loss
+    is the sum of its blocks' `loss_fn` sums divided by the sum of `count(batch)` over them (default: the
+    learnt targets, so a token-level mean; DPO counts one per pair)."""
     if not blocks:
         raise HerdError("no training data: every example was skipped (see the data summary)")
     out = Path(out_dir)
@@ -269,12 +272,13 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
             chosen = [next(order) for _ in range(cfg.grad_accum)]
             consumed += len(chosen)
             batches = [block_tensors(blocks[b]) for _, _, b in chosen]
-            n_total = sum(int((batch["targets"] != IGNORE).sum()) for batch in batches)
+            learnt = sum(int((batch["targets"] != IGNORE).sum()) for batch in batches)
+            n_total = sum(count(batch) for batch in batches) if count is not None else learnt
             loss_sum_all = 0.0
-            for batch in batches:  # the step's loss is the mean over all its learnt tokens
+            for batch in batches:  # the step's loss is the mean over its units (learnt tokens by default)
                 loss_sum, n = loss_fn(model, batch)
                 if n:
-                    (loss_sum / n_total).backward()
+                    (loss_sum / max(n_total, 1)).backward()
                     loss_sum_all += float(loss_sum.detach())
                 tokens += int(batch["tokens"].numel())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
@@ -282,7 +286,7 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
             scheduler.step()
             loss_value = loss_sum_all / max(n_total, 1)
             row = {"step": step + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
-                   "trained_tokens": n_total, "epoch": chosen[-1][0],
+                   "trained_tokens": learnt, "epoch": chosen[-1][0],
                    "grad_norm": None if grad_norm is None else float(grad_norm),
                    "seconds": round(time.perf_counter() - t0, 3)}
             metrics.write(json.dumps(row) + "\n")
