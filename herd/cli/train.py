@@ -135,6 +135,9 @@ def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> N
     p.add_argument("--lora-dropout", type=float, default=0.0, metavar="P")
     p.add_argument("--lora-targets", default="q,k,v,o,gate,up,down",
                    help="projections to adapt (default q,k,v,o,gate,up,down)")
+    p.add_argument("--qlora", choices=["int8", "int4"], default=None,
+                   help="QLoRA: the frozen base's block weights quantized (Q8_0 / Q4_1 numbers) under the LoRA "
+                   "adapter (needs --lora-rank); merged/ holds base + adapter in float")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps (over --epochs)")
     p.add_argument("--lr", type=float, default=None,
@@ -245,6 +248,8 @@ def _train(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise HerdError(f"--data {path}: no such file")
     lora = _lora_config(args)  # bad LoRA options fail before the model loads
+    if args.qlora and lora is None:
+        raise HerdError("--qlora trains a LoRA adapter over a quantized base: give --lora-rank too")
     lr = args.lr if args.lr is not None else (2e-4 if lora is not None else 1e-5)
     cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
                       epochs=args.epochs, seq_len=args.max_seq_len, grad_accum=args.batch_size * args.grad_accum,
@@ -275,6 +280,11 @@ def _train(args: argparse.Namespace) -> int:
         raise HerdError(f"--data: nothing left to train on ({stats.skipped} skipped)")
     print(f"loading {ref.name} ...", file=sys.stderr, flush=True)
     model, _ = hub.load(ref, dtype=getattr(torch, args.dtype), device="cpu")
+    if args.qlora:
+        from herd.model.quantize import quantize_model
+
+        for block in model.layers:  # the blocks' projections; embeddings, norms and the head stay float
+            quantize_model(block, args.qlora)
     bar = _Progress(cfg, method)
     kw = dict(lora=lora, resume=args.resume, on_step=bar.update, base_name=str(ref.path or ref.name))
     if method == "sft":

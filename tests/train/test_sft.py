@@ -220,3 +220,29 @@ def test_distill_command(tiny, data, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]
     assert (out / "merged" / "model.safetensors").is_file() and json.loads((out / "distill.json").read_text())
+
+
+def test_qlora_command(tiny, data, tmp_path):
+    """`--qlora int4`: the adapter trains over int4 blocks; merged/ is the dequantized base plus the adapter."""
+    out = tmp_path / "qlora"
+    r = herd_cli("train", "sft", "--model", str(tiny), "--data", str(data), "--out", str(out), "--max-steps", "8",
+                 "--lr", "1e-2", "--lora-rank", "4", "--qlora", "int4", "--max-seq-len", "1024", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+    from herd.model.lora import load_peft_adapter, merged_state_dict
+    from herd.model.quantize import quantize_model
+    from herd.model.weights import load_model
+
+    base = load_model(tiny, dtype=torch.float32)
+    for block in base.layers:
+        quantize_model(block, "int4")
+    load_peft_adapter(base, out / "adapter")
+    merged = load_model(out / "merged", dtype=torch.float32)
+    want = merged_state_dict(base)
+    got = merged.state_dict()
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want), "merged = dequantized base + adapter"
+    r = herd_cli("train", "sft", "--model", str(tiny), "--data", str(data), "--out", str(tmp_path / "x"), "--qlora",
+                 "int8")
+    assert r.returncode == 2 and "--lora-rank" in r.stderr
