@@ -153,6 +153,11 @@ def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> N
     p.add_argument("--save-every", type=int, default=None, metavar="N", help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="training weight dtype")
+    p.add_argument("--bf16-autocast", action="store_true",
+                   help="run the forwards under bf16 autocast (fp32 weights and optimizer; fast on CPUs with "
+                   "AVX512-BF16 / AMX and on GPUs)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in backward instead of keeping its activations (less memory)")
     p.add_argument("--json", action="store_true", help="print a summary object at the end")
 
 
@@ -253,7 +258,8 @@ def _train(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (2e-4 if lora is not None else 1e-5)
     cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
                       epochs=args.epochs, seq_len=args.max_seq_len, grad_accum=args.batch_size * args.grad_accum,
-                      seed=args.seed, save_every=args.save_every)
+                      seed=args.seed, save_every=args.save_every, activation_checkpointing=args.activation_checkpointing,
+                      autocast="bf16" if args.bf16_autocast else None)
     out = Path(args.out)
     if args.resume and not (out / "checkpoints" / "latest").is_file():
         print(f"note: {out} has no checkpoint yet; starting from the beginning", file=sys.stderr)

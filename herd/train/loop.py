@@ -19,6 +19,7 @@ positions restart at each document, so a block trains as its documents would one
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ class TrainConfig:
     grad_accum: int = 1  # blocks per optimizer step
     max_grad_norm: float | None = 1.0
     seed: int = 0
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    autocast: str | None = None  # "bf16": forwards under torch.autocast(bfloat16) (weights stay in their dtype)
     save_every: int | None = None  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
 
@@ -63,6 +67,8 @@ class TrainConfig:
             raise HerdError("lr must be > 0, grad_accum and epochs >= 1, seq_len >= 2")
         if self.max_steps is not None and self.max_steps < 1:
             raise HerdError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.autocast not in (None, "bf16"):
+            raise HerdError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.save_every is not None and self.save_every < 1:
             raise HerdError(f"save_every must be >= 1, got {self.save_every}")
 
@@ -117,12 +123,41 @@ class DocumentAttention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask.to(q.device))
 
 
+# set by train() for the loss functions' forwards: recompute each block in backward instead of keeping
+# its activations (activation checkpointing)
+_CHECKPOINT_BLOCKS: ContextVar[bool] = ContextVar("herd_train_checkpoint_blocks", default=False)
+
+
 def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The final-norm hidden states (1, T, dim) of a packed block (documents kept apart)."""
+    """The final-norm hidden states (1, T, dim) of a packed block (documents kept apart); with activation
+    checkpointing on (TrainConfig.activation_checkpointing), each block's activations are recomputed in
+    backward rather than kept."""
     device = next(model.parameters()).device
-    h = model.hidden(batch["tokens"].to(device), batch["positions"].to(device), 0,
-                     DocumentAttention(batch["mask"]))
+    tokens, positions = batch["tokens"].to(device), batch["positions"].to(device)
+    cache = DocumentAttention(batch["mask"])
+    if not (_CHECKPOINT_BLOCKS.get() and torch.is_grad_enabled()):
+        return model.norm(model.hidden(tokens, positions, 0, cache))
+    from torch.utils.checkpoint import checkpoint
+
+    from herd.model.llama import rope_cos_sin
+
+    cos, sin = rope_cos_sin(model.rope_freqs(device), positions)
+    h = model.tok_embeddings(tokens)
+    for block in model.layers:
+        h = checkpoint(block, h, cos, sin, 0, cache, use_reentrant=False)
     return model.norm(h)
+
+
+@contextlib.contextmanager
+def _forward_options(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Activation checkpointing and autocast for one loss computation (backward follows the same)."""
+    token = _CHECKPOINT_BLOCKS.set(cfg.activation_checkpointing)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.autocast == "bf16" else contextlib.nullcontext()
+    try:
+        with amp:
+            yield
+    finally:
+        _CHECKPOINT_BLOCKS.reset(token)
 
 
 # ---- the schedule --------------------------------------------------------------------------------------
@@ -276,7 +311,8 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
             n_total = sum(count(batch) for batch in batches) if count is not None else learnt
             loss_sum_all = 0.0
             for batch in batches:  # the step's loss is the mean over its units (learnt tokens by default)
-                loss_sum, n = loss_fn(model, batch)
+                with _forward_options(cfg, params[0].device):
+                    loss_sum, n = loss_fn(model, batch)
                 if n:
                     (loss_sum / max(n_total, 1)).backward()
                     loss_sum_all += float(loss_sum.detach())

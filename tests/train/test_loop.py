@@ -140,3 +140,26 @@ def test_sigkill_mid_run_resumes_bit_identical(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 13))  # steps 7-8 of the killed run are not repeated
     want = [json.loads(x)["loss"] for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == want
+
+
+def test_activation_checkpointing_gives_the_same_training(tmp_path):
+    """Recomputing blocks in backward changes memory, not results: the same weights after a few steps."""
+    results = []
+    for flag in (False, True):
+        model = tiny()
+        cfg = TrainConfig(lr=3e-3, max_steps=4, seq_len=64, seed=0, activation_checkpointing=flag)
+        train(model, pack_examples(examples(12), 64), naive_loss, cfg, tmp_path / str(flag))
+        results.append(model.state_dict())
+    a, b = results
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path):
+    losses = []
+    for autocast in (None, "bf16"):
+        rows = []
+        cfg = TrainConfig(lr=3e-3, max_steps=6, seq_len=64, seed=0, autocast=autocast)
+        train(tiny(), pack_examples(examples(12), 64), naive_loss, cfg, tmp_path / str(autocast), on_step=rows.append)
+        losses.append([r["loss"] for r in rows])
+    fp32, bf16 = losses
+    assert bf16 != fp32 and all(abs(x - y) < 0.05 * x for x, y in zip(fp32, bf16)) and bf16[-1] < bf16[0]
