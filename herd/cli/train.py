@@ -154,8 +154,7 @@ def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> N
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="training weight dtype")
     p.add_argument("--bf16-autocast", action="store_true",
-                   help="run the forwards under bf16 autocast (fp32 weights and optimizer; fast on CPUs with "
-                   "AVX512-BF16 / AMX and on GPUs)")
+                   help="run the forwards under bf16 autocast (the weights and optimizer stay fp32)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each block in backward instead of keeping its activations (less memory)")
     p.add_argument("--json", action="store_true", help="print a summary object at the end")
