@@ -128,6 +128,8 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
         yield
         await app.state.tools.close()  # sandbox processes, MCP connections
         await asyncio.to_thread(vector_stores.close, app)
+        if getattr(app.state, "datasets", None) is not None:
+            app.state.datasets.close()
         app.state.tool_runtime.store.close()
         registry.shutdown()
 

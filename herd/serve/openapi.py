@@ -31,13 +31,13 @@ STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-comp
 GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
 OPEN = {"/v1/health"}
-CONFLICTING = {"/v1/vector-dbs"}  # registering an id that exists with another embedding model
+CONFLICTING = {"/v1/vector-dbs", "/v1/datasets"}  # registering an id that exists (differently)
 REASONS = {
     400: "Bad request: invalid JSON, a field of the wrong type or value (param names it)",
     401: "Missing or invalid API key (when the server has one)",
     404: "Unknown model, shield or resource; the message lists what exists",
     408: "The request body did not arrive within server.body_timeout",
-    409: "The resource exists already, made differently (a vector DB with another embedding model)",
+    409: "The resource exists already (a dataset id; a vector DB with another embedding model)",
     413: "The request body is over server.max_request_bytes (an uploaded file: over rag.max_file_bytes)",
     415: "The request body is not JSON (Content-Type must be application/json; file uploads: multipart/form-data)",
     429: "The model's queue is full (limits.max_waiting_requests / max_queued_tokens); see Retry-After",

@@ -25,6 +25,7 @@ from herd.serve import (
     agents,
     chat,
     completions,
+    datasets,
     embeddings,
     models,
     responses,
@@ -646,6 +647,54 @@ async def rag_tool_query(body: p.RagQueryRequest, request: Request) -> dict[str,
     return await vector_stores.rag_query(_rag(request), body)
 
 
+# ---- Llama Stack datasets (herd/serve/datasets.py) ----------------------------------------------------
+
+data_routes = APIRouter(prefix="/v1", tags=["datasets"])
+
+
+def _datasets(request: Request) -> datasets.DatasetStore:
+    """The app's datasets (<herd_home>/datasets.sqlite), made on first use."""
+    state = request.app.state
+    if getattr(state, "datasets", None) is None:
+        state.datasets = datasets.DatasetStore()
+    return state.datasets
+
+
+@data_routes.get("/datasets")
+async def list_datasets(request: Request) -> dict[str, Any]:
+    return await datasets.list_all(_datasets(request))
+
+
+@data_routes.post("/datasets")
+async def register_dataset(body: p.RegisterDatasetRequest, request: Request) -> dict[str, Any]:
+    """Register rows, or a local / file:// / data: URI of JSONL, JSON or CSV; rows are checked against the purpose."""
+    return await datasets.register(_datasets(request), body)
+
+
+@data_routes.get("/datasets/{dataset_id:path}")
+async def get_dataset(dataset_id: str, request: Request) -> dict[str, Any]:
+    return await datasets.get(_datasets(request), dataset_id)
+
+
+@data_routes.delete("/datasets/{dataset_id:path}")
+async def unregister_dataset(dataset_id: str, request: Request) -> None:
+    await datasets.unregister(_datasets(request), dataset_id)
+
+
+@data_routes.get("/datasetio/iterrows/{dataset_id:path}", openapi_extra={"parameters": [
+    {"name": "start_index", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": -1}}]})
+async def iterrows(dataset_id: str, request: Request) -> dict[str, Any]:
+    """A page of rows: `start_index`, `limit` (-1 or absent: all)."""
+    return await datasets.iterrows(_datasets(request), dataset_id, request.query_params)
+
+
+@data_routes.post("/datasetio/append-rows/{dataset_id:path}")
+async def append_rows(dataset_id: str, body: p.AppendRowsRequest, request: Request) -> None:
+    """Add rows at the end (checked against the dataset's purpose)."""
+    await datasets.append_rows(_datasets(request), dataset_id, body.rows)
+
+
 # ---- operations (not in the API document) ------------------------------------------------------
 
 ops_routes = APIRouter(include_in_schema=False)
@@ -673,5 +722,6 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(agent_routes)
     app.include_router(tool_routes)
     app.include_router(rag_routes)
+    app.include_router(data_routes)
     app.include_router(ops_routes)
     app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

@@ -22,7 +22,7 @@ def _app() -> FastAPI:
 
 
 @pytest.mark.parametrize("method,path,api", [
-    ("POST", "/v1/datasets", "datasets"),
+    ("POST", "/v1/scoring/score", "scoring"),
     ("POST", "/v1/eval/benchmarks/b/jobs", "eval"),
     ("POST", "/v1/post-training/supervised-fine-tune", "post_training"),
     ("POST", "/v1/synthetic-data-generation/generate", "synthetic_data_generation"),
@@ -44,9 +44,9 @@ def test_unknown_routes_stay_404() -> None:
     app.add_exception_handler(APIError, api_error_response)
     app.include_router(unserved.router)
     c = TestClient(app)
-    assert c.get("/v1/datasetsx").status_code == 404
-    assert c.get("/v2/datasets").status_code == 404
-    assert c.post("/v1/datasets").status_code == 501
+    assert c.get("/v1/scoringx").status_code == 404
+    assert c.get("/v2/scoring").status_code == 404
+    assert c.post("/v1/scoring").status_code == 501
 
 
 def test_no_served_route_is_listed_as_unserved() -> None:

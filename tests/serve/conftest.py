@@ -21,11 +21,18 @@ def tool_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tool_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared server's HERD_HOME."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="session")
+def server(tool_model_dir: Path, server_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server: SmolLM2, the tiny tool model and MiniLM, API key API_KEY."""
     cfg = tmp_path_factory.mktemp("cfg") / "server.yaml"
     cfg.write_text(main_config(tool_model_dir))
-    srv = ServerProcess("--config", str(cfg), env={"HERD_TEST_API_KEY": API_KEY})
+    home = server_home  # its state (datasets, stores, ...) stays out of the user's home
+    srv = ServerProcess("--config", str(cfg), env={"HERD_TEST_API_KEY": API_KEY, "HERD_HOME": str(home)})
     yield srv
     code = srv.stop()
     assert code == 0, srv.output()[-3000:]

@@ -1,5 +1,5 @@
-"""Retrieval shapes: OpenAI files and vector stores (as the `openai` client sends and reads them) and
-Llama Stack 0.2 vector-dbs, vector-io and the rag tool (as llama-stack-client 0.2.12 does)."""
+"""Retrieval and data shapes: OpenAI files and vector stores (as the `openai` client sends and reads them),
+Llama Stack 0.2 vector-dbs, vector-io, the rag tool and datasets (as llama-stack-client 0.2.12 does)."""
 from __future__ import annotations
 
 from typing import Any, Literal, Union
@@ -8,7 +8,7 @@ from pydantic import Field
 
 from herd.serve.protocol.common import Int, Metadata, RequestModel, ResponseModel
 
-__all__ = ['ExpiresAfter', 'RankingOptions', 'FileBatchCreateRequest', 'FileObject', 'FileDeleted', 'RagDocumentIn', 'RagInsertRequest',
+__all__ = ['AppendRowsRequest', 'RegisterDatasetRequest', 'ExpiresAfter', 'RankingOptions', 'FileBatchCreateRequest', 'FileObject', 'FileDeleted', 'RagDocumentIn', 'RagInsertRequest',
            'RagQueryRequest', 'RegisterVectorDBRequest', 'StackChunkIn', 'VectorIOInsertRequest',
            'VectorIOQueryRequest', 'VectorDBResource', 'VectorStoreCreateRequest', 'VectorStoreDeleted',
            'VectorStoreFileCreateRequest', 'VectorStoreFileDeleted', 'VectorStoreFileObject',
@@ -210,3 +210,17 @@ class RagQueryRequest(RequestModel):
     content: Any
     vector_db_ids: list[str] = Field(min_length=1)
     query_config: dict[str, Any] | None = None
+
+
+# ---- Llama Stack 0.2 datasets (herd/serve/datasets.py) ---------------------------------------------------
+
+
+class RegisterDatasetRequest(RequestModel):
+    purpose: str = Field(min_length=1)
+    source: dict[str, Any]
+    dataset_id: str | None = Field(None, min_length=1, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+
+class AppendRowsRequest(RequestModel):
+    rows: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
