@@ -32,13 +32,10 @@ One run, three tables (markdown, on stdout; `--write` puts them between `<!-- ra
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +51,8 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+import benchkit
 
 BEGIN, END = "<!-- rag:begin -->", "<!-- rag:end -->"
 DIM = 384
@@ -71,24 +70,7 @@ KIND_ORDER = ("paraphrase", "identifier", "plain")
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "load_before": os.getloadavg()[0]}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        info["cpu"] = fields.get("Model name", "?").strip()
-        info["cpus"] = fields.get("CPU(s)", "?").strip()
-    except OSError:
-        pass
-    with open("/proc/meminfo") as f:
-        info["ram_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg in ("numpy", "torch", "apsw", "sqlite-vec", "llama-herd"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = "not installed"
+    info = benchkit.machine(("numpy", "torch", "apsw", "sqlite-vec", "llama-herd"))
     import apsw
 
     info["sqlite"] = apsw.sqlite_lib_version()
@@ -466,14 +448,7 @@ def render(r: dict) -> str:
 
 
 def write_section(md: Path, section: str) -> bool:
-    text = md.read_text() if md.exists() else ""
-    if BEGIN not in text or END not in text:
-        print(f"note: {md} has no {BEGIN} ... {END} markers; nothing written (add them where the section goes)",
-              file=sys.stderr)
-        return False
-    text = text[:text.index(BEGIN)] + f"{BEGIN}\n{section}{END}" + text[text.index(END) + len(END):]
-    md.write_text(text)
-    return True
+    return benchkit.write_section(md, BEGIN, END, section)
 
 
 def main() -> None:

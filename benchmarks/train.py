@@ -40,11 +40,9 @@ per system x mode) takes an estimated 9-10 minutes on a quiet 2-core machine, an
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -57,6 +55,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+import benchkit
 
 BEGIN, END = "<!-- train:begin -->", "<!-- train:end -->"
 IGNORE = -100
@@ -72,25 +72,7 @@ NAMES = {"herd": "herd (`herd.train.loop.train`)", "hf": "HF transformers `Train
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "load_before": os.getloadavg()[0]}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        info["cpu"] = fields.get("Model name", "?").strip()
-        info["cpus"] = fields.get("CPU(s)", "?").strip()
-    except OSError:
-        pass
-    with open("/proc/meminfo") as f:
-        info["ram_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg in ("torch", "transformers", "peft", "accelerate", "trl", "llama-herd"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = "not installed"
-    return info
+    return benchkit.machine(("torch", "transformers", "peft", "accelerate", "trl", "llama-herd"))
 
 
 # ---- the data --------------------------------------------------------------------------------------
@@ -517,14 +499,7 @@ def render(r: dict) -> str:
 
 
 def write_section(md: Path, section: str) -> bool:
-    text = md.read_text() if md.exists() else ""
-    if BEGIN not in text or END not in text:
-        print(f"note: {md} has no {BEGIN} ... {END} markers; nothing written (add them where the section goes)",
-              file=sys.stderr)
-        return False
-    text = text[:text.index(BEGIN)] + f"{BEGIN}\n{section}{END}" + text[text.index(END) + len(END):]
-    md.write_text(text)
-    return True
+    return benchkit.write_section(md, BEGIN, END, section)
 
 
 def main() -> None:
