@@ -35,17 +35,20 @@ class LLM:
         seed: int = 0,
         engine_config: EngineConfig | None = None,
         quantize: str | None = "none",
+        lora: str | Path | None = None,
     ):
         """quantize: "none" (weights as loaded; fused blocks and, on the CPU, herd's decode
         kernels), "bf16", "int8" or "int4" (weight-only; int8 / int4 are GGUF Q8_0 / Q4_1's
-        numbers), or None (the plain reference model, PyTorch layers only)."""
+        numbers), or None (the plain reference model, PyTorch layers only).
+        lora: a PEFT LoRA adapter directory (`herd train`'s OUT/adapter, or peft's), merged into
+        the weights at load — the model `herd serve --lora NAME=ADAPTER` serves."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise HerdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
             dtype = DTYPES[dtype]
         self.ref = hub.resolve(model)
         self.model, self.tokenizer = hub.load(self.ref, dtype=dtype, device=device, seed=seed, quantize=quantize,
-                                              engine_config=engine_config)
+                                              engine_config=engine_config, lora=lora)
         self.prompter = Prompter(self.tokenizer)
         self.engine = LLMEngine(self.model, self.tokenizer, engine_config)
 
