@@ -17,6 +17,7 @@ EPILOG = """examples:
   herd train sft --model ./Llama-3.2-1B-Instruct --data chat.jsonl --out runs/full --epochs 2 --lr 1e-5
   herd train sft --data tools.jsonl --out runs/tools --lora-rank 16 --max-steps 200 --resume   # after a crash
   herd serve --model runs/tools/merged          # the result, served
+  torchrun --nproc-per-node 2 -m herd.cli train sft --data chat.jsonl --out runs/x --batch-size 4   # FSDP2
 data: one JSON object per line, {"messages": [...OpenAI chat messages, tool calls and tool results...],
 "tools": [...optional OpenAI tool definitions...]}; only the assistant turns are learnt, rendered in the
 model's own chat format (the Llama 3.1 format with tools for Llama models, the checkpoint's template else).
@@ -246,6 +247,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from herd import hub
     from herd.tokenizer.prompter import Prompter
+    from herd.train import distributed
     from herd.train.loop import TrainConfig
 
     for path in args.data if isinstance(args.data, list) else [args.data]:
@@ -260,8 +262,14 @@ def _train(args: argparse.Namespace) -> int:
                       seed=args.seed, save_every=args.save_every, activation_checkpointing=args.activation_checkpointing,
                       autocast="bf16" if args.bf16_autocast else None)
     out = Path(args.out)
+    distributed.init_from_env()  # under torchrun: join the other processes (FSDP2 data parallel)
+    main = distributed.is_main()
+    if cfg.grad_accum % distributed.world_size():
+        raise HerdError(f"--batch-size x --grad-accum ({cfg.grad_accum}) must be a multiple of the number of "
+                        f"processes ({distributed.world_size()}): each trains an equal share of every step")
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if main else (lambda msg: None)
     if args.resume and not (out / "checkpoints" / "latest").is_file():
-        print(f"note: {out} has no checkpoint yet; starting from the beginning", file=sys.stderr)
+        say(f"note: {out} has no checkpoint yet; starting from the beginning")
     ref = hub.resolve(args.model)
     tokenizer = hub.load_tokenizer_for(ref)
     overflow = "skip" if getattr(args, "skip_long", False) else "truncate"
@@ -283,22 +291,27 @@ def _train(args: argparse.Namespace) -> int:
         data, stats = load_text_data(args.data, tokenizer, cfg.seq_len)
     if not data:
         raise HerdError(f"--data: nothing left to train on ({stats.skipped} skipped)")
-    print(f"loading {ref.name} ...", file=sys.stderr, flush=True)
-    model, _ = hub.load(ref, dtype=getattr(torch, args.dtype), device="cpu")
+    if distributed.world_size() > 1:
+        say(f"training on {distributed.world_size()} processes (FSDP2, {torch.distributed.get_backend()})")
+    say(f"loading {ref.name} ...")
+    device = f"cuda:{torch.cuda.current_device()}" if distributed.world_size() > 1 and torch.cuda.is_available() \
+        else "cpu"
+    model, _ = hub.load(ref, dtype=getattr(torch, args.dtype), device=device)
+    torch.manual_seed(args.seed)  # a LoRA adapter's initial weights: the same in every process
     if args.qlora:
         from herd.model.quantize import quantize_model
 
         for block in model.layers:  # the blocks' projections; embeddings, norms and the head stay float
             quantize_model(block, args.qlora)
-    bar = _Progress(cfg, method)
+    bar = _Progress(cfg, method)  # train() calls on_step on rank 0 only
     kw = dict(lora=lora, resume=args.resume, on_step=bar.update, base_name=str(ref.path or ref.name))
     if method == "sft":
         result = run_sft(model, data, stats, out, cfg, **kw)
     elif method == "distill":
         from herd.train.distill import run_distill
 
-        print(f"loading the teacher {args.teacher} ...", file=sys.stderr, flush=True)
-        teacher, _ = hub.load(args.teacher, dtype=getattr(torch, args.dtype), device="cpu")
+        say(f"loading the teacher {args.teacher} ...")
+        teacher, _ = hub.load(args.teacher, dtype=getattr(torch, args.dtype), device=device)
         result = run_distill(model, teacher, data, stats, out, cfg, temperature=args.temperature, alpha=args.alpha,
                              top_k=args.top_k, **kw)
     elif method == "dpo":
@@ -307,6 +320,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         result = run_pretrain(model, data, stats, out, cfg, **kw)
     bar.close()
+    distributed.shutdown()
+    if not main:
+        return 0
     copied = copy_tokenizer(ref, out / "merged")
     summary = {"method": method, "out": str(out), "steps": result.steps, "final_loss": result.final_loss,
                "tokens": result.tokens, "seconds": round(result.seconds, 1),

@@ -46,6 +46,7 @@ from herd.train.loop import (
     train,
 )
 from herd.train.losses import distillation_loss
+from herd.train import distributed
 from herd.train.sft import head_weight, save_outputs
 
 __all__ = ["check_teacher", "distill_kl", "make_distill_loss", "run_distill", "teacher_outputs"]
@@ -186,7 +187,8 @@ def _settings_file(out: Path, settings: dict[str, Any], resume: bool) -> None:
         if before is not None and before != settings:
             raise HerdError(f"{out}: the run was started with {before}, not {settings}; resume it with the same "
                             "distillation settings")
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    if distributed.is_main():
+        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run_distill(student: nn.Module, teacher: nn.Module, examples_or_blocks: Sequence[Example] | Sequence[PackedBlock],
@@ -206,7 +208,8 @@ def run_distill(student: nn.Module, teacher: nn.Module, examples_or_blocks: Sequ
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _settings_file(out, {"temperature": temperature, "alpha": alpha, "top_k": top_k}, resume)
-    (out / "data.json").write_text(json.dumps(asdict(stats or DataStats()), indent=2) + "\n")
+    if distributed.is_main():
+        (out / "data.json").write_text(json.dumps(asdict(stats or DataStats()), indent=2) + "\n")
     freeze(teacher)
     if lora is not None:
         from herd.model.lora import apply_lora

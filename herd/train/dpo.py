@@ -60,6 +60,7 @@ from herd.train.loop import (
     train,
 )
 from herd.train.losses import dpo_loss, shift_labels, token_logps
+from herd.train import distributed
 from herd.train.sft import head_weight, save_outputs
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -247,7 +248,8 @@ def _reference(model: nn.Module, blocks: list[PackedBlock], out: Path, resume: b
                             "started with, or start a new run")
         return saved["logps"]
     reference = reference_logps(model, blocks)
-    _save_reference(path, reference, fingerprint)
+    if distributed.is_main():
+        _save_reference(path, reference, fingerprint)
     return reference
 
 
@@ -267,10 +269,11 @@ def run_dpo(model: nn.Module, pairs: list[PreferenceExample], stats: DataStats, 
                          label_smoothing=label_smoothing)  # bad arguments fail before anything is written
     del probe
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
-    (out / "dpo.json").write_text(json.dumps({"beta": beta, "loss_type": loss_type,
-                                              "label_smoothing": label_smoothing, "pairs": len(pairs)}, indent=2)
-                                  + "\n")
+    if distributed.is_main():
+        (out / "data.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+        (out / "dpo.json").write_text(json.dumps({"beta": beta, "loss_type": loss_type,
+                                                  "label_smoothing": label_smoothing, "pairs": len(pairs)},
+                                                 indent=2) + "\n")
     if lora is not None:
         from herd.model.lora import apply_lora
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.errors import HerdError
+from herd.train import distributed
 from herd.train.data import IGNORE, Example, PackedBlock, document_mask
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
@@ -195,16 +196,21 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, position: dict[str, Any], keep: int = 2) -> Path:
-    """checkpoints/step-N/ (written as .step-N.tmp, then renamed) and checkpoints/latest naming it."""
+                    scheduler: Any, position: dict[str, Any], keep: int = 2) -> Path | None:
+    """checkpoints/step-N/ (written as .step-N.tmp, then renamed) and checkpoints/latest naming it. The
+    weights and optimizer state are whole and keyed by parameter name (gathered from the shards under
+    torch.distributed, which makes this a collective; rank 0 writes, the others return None), so a run
+    resumes on any number of processes."""
+    weights, optim_state = distributed.full_state(model, optimizer)
+    if not distributed.is_main():
+        return None
     root = out_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"step": step, "model": trainable, "optimizer": optimizer.state_dict(),
+    torch.save({"step": step, "format": "full", "model": weights, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "rng": _rng_state(), "position": position}, tmp / "state.pt")
     with open(tmp / "state.pt", "rb") as fh:
         os.fsync(fh.fileno())
@@ -256,16 +262,26 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
           count: Callable[[dict[str, torch.Tensor]], int] | None = None) -> TrainResult:
     """Train the model's parameters that require grad on the blocks; see the module docstring. A step's loss
     is the sum of its blocks' `loss_fn` sums divided by the sum of `count(batch)` over them (default: the
-    learnt targets, so a token-level mean; DPO counts one per pair)."""
+    learnt targets, so a token-level mean; DPO counts one per pair). Under torch.distributed (torchrun),
+    the model is sharded with FSDP2 and each rank trains its share of every step (herd/train/distributed.py);
+    the model is whole again on return."""
     if not blocks:
         raise HerdError("no training data: every example was skipped (see the data summary)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main, ws, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = max(1, len(blocks) // cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise HerdError("the model has no trainable parameters")
+    root = None
+    if ws > 1:
+        if cfg.grad_accum % ws:
+            raise HerdError(f"the global batch (--batch-size x --grad-accum = {cfg.grad_accum} blocks) must be a "
+                            f"multiple of the number of processes ({ws})")
+        root = distributed.shard(model, loss_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -281,11 +297,9 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
         ckpt = latest_checkpoint(out)
         if ckpt is not None:
             state = torch.load(ckpt / "state.pt", weights_only=False)
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for n, t in state["model"].items():
-                    named[n].copy_(t)
-            optimizer.load_state_dict(state["optimizer"])
+            if state.get("format") != "full":
+                raise HerdError(f"{ckpt} was written by an older herd; start the run again without --resume")
+            distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"])
             start, consumed, resumed = state["step"], state["position"]["blocks"], state["step"]
@@ -294,7 +308,7 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
     if resumed and metrics_path.exists():  # the rows up to the checkpoint; a killed run may have written more
         kept = [line for line in metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= start]
-    metrics = open(metrics_path, "w", encoding="utf-8")
+    metrics = open(metrics_path if main else os.devnull, "w", encoding="utf-8")
     metrics.writelines(line + "\n" for line in kept)
     order = _schedule(len(blocks), cfg)
     for _ in range(consumed):  # the data position: the blocks already trained on
@@ -309,25 +323,32 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
             batches = [block_tensors(blocks[b]) for _, _, b in chosen]
             learnt = sum(int((batch["targets"] != IGNORE).sum()) for batch in batches)
             n_total = sum(count(batch) for batch in batches) if count is not None else learnt
-            loss_sum_all = 0.0
-            for batch in batches:  # the step's loss is the mean over its units (learnt tokens by default)
+            mine = batches[rank::ws]  # this rank's share of the global batch (all of it in one process)
+            loss_sum_all, step_tokens = 0.0, 0
+            for i, batch in enumerate(mine):  # the step's loss is the mean over its units (learnt tokens by default)
+                if root is not None:  # reduce-scatter the gradients once per step, after the last block
+                    root.set_requires_gradient_sync(i == len(mine) - 1)
                 with _forward_options(cfg, params[0].device):
-                    loss_sum, n = loss_fn(model, batch)
-                if n:
-                    (loss_sum / max(n_total, 1)).backward()
+                    loss_sum, n = root(batch) if root is not None else loss_fn(model, batch)
+                # FSDP averages over the ranks; the scale makes that the sum, as one process would have it.
+                # Every rank runs every backward (a collective), even for a block with nothing to learn
+                if n or (root is not None and loss_sum.requires_grad):
+                    (loss_sum * ws / max(n_total, 1)).backward()
                     loss_sum_all += float(loss_sum.detach())
-                tokens += int(batch["tokens"].numel())
+                step_tokens += int(batch["tokens"].numel())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
             optimizer.step()
             scheduler.step()
+            loss_sum_all, step_tokens = distributed.all_sum([loss_sum_all, float(step_tokens)])
+            tokens += int(step_tokens)
             loss_value = loss_sum_all / max(n_total, 1)
             row = {"step": step + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
                    "trained_tokens": learnt, "epoch": chosen[-1][0],
-                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "grad_norm": None if grad_norm is None else distributed.full_float(grad_norm),
                    "seconds": round(time.perf_counter() - t0, 3)}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
-            if on_step:
+            if on_step and main:
                 on_step(row)
             last = step + 1 == total
             if cfg.save_every and ((step + 1) % cfg.save_every == 0 or last):
@@ -335,8 +356,11 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
                                 cfg.keep_checkpoints)
     finally:
         metrics.close()
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    plot_loss(out / "metrics.jsonl", out / "loss.png")
+    if root is not None:
+        distributed.gather(root)  # whole weights on every rank, for the outputs
+    if main:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        plot_loss(out / "metrics.jsonl", out / "loss.png")
     return TrainResult(total - start, loss_value, tokens, time.perf_counter() - t0, resumed)
 
 

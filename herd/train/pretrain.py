@@ -29,6 +29,7 @@ from torch import nn
 from herd.errors import HerdError
 from herd.train.data import IGNORE, DataStats, PackedBlock, pack, text_documents
 from herd.train.loop import TrainConfig, TrainResult, train
+from herd.train import distributed
 from herd.train.sft import lm_loss, save_outputs
 
 __all__ = ["learnt_tokens", "load_text_data", "run_pretrain"]
@@ -81,7 +82,8 @@ def run_pretrain(model: nn.Module, blocks: Sequence[PackedBlock], stats: DataSta
                         "load_text_data(..., seq_len=cfg.seq_len)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data.json").write_text(json.dumps(asdict(stats or DataStats()), indent=2) + "\n")
+    if distributed.is_main():
+        (out / "data.json").write_text(json.dumps(asdict(stats or DataStats()), indent=2) + "\n")
     if lora is not None:
         from herd.model.lora import apply_lora
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from herd.errors import HerdError
 from herd.tokenizer.prompter import Prompter
+from herd.train import distributed
 from herd.train.data import DataStats, Example, Overflow, chat_examples
 from herd.train.loop import TrainConfig, TrainResult, hidden_states, pack_examples, train
 from herd.train.losses import masked_cross_entropy
@@ -70,7 +71,8 @@ def run_sft(model: nn.Module, examples: list[Example], stats: DataStats, out_dir
     out = Path(out_dir)
     blocks = pack_examples(examples, cfg.seq_len)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+    if distributed.is_main():
+        (out / "data.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
     if lora is not None:
         from herd.model.lora import apply_lora
 
@@ -85,8 +87,12 @@ def run_sft(model: nn.Module, examples: list[Example], stats: DataStats, out_dir
 
 def save_outputs(model: nn.Module, out: Path, *, lora: Any = None, base_name: str = "") -> None:
     """adapter/ (LoRA runs) and merged/ (HF layout: base + adapter, quantized bases dequantized), each
-    written whole under a temporary name first; the model itself is left as it is."""
+    written whole under a temporary name first; the model itself is left as it is. Under torch.distributed
+    only rank 0 writes (the model is whole on every rank after train())."""
     from herd.model.weights import save_hf
+
+    if not distributed.is_main():
+        return
 
     model.eval()
     state: Any = model
