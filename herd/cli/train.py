@@ -16,6 +16,7 @@ EPILOG = """examples:
   herd train sft --data tools.jsonl --out runs/tools --lora-rank 16 --max-steps 200 --lr 2e-4
   herd train sft --model ./Llama-3.2-1B-Instruct --data chat.jsonl --out runs/full --epochs 2 --lr 1e-5
   herd train sft --data tools.jsonl --out runs/tools --lora-rank 16 --max-steps 200 --resume   # after a crash
+  herd train sft --config run.yaml --max-steps 50   # options from a file (YAML/JSON/TOML); the line wins
   herd serve --model runs/tools/merged          # the result, served
   torchrun --nproc-per-node 2 -m herd.cli train sft --data chat.jsonl --out runs/x --batch-size 4   # FSDP2
 data: one JSON object per line, {"messages": [...OpenAI chat messages, tool calls and tool results...],
@@ -82,7 +83,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     dist = actions.add_parser("distill", help="knowledge distillation from a teacher model on chat JSONL",
                               epilog=DISTILL_EPILOG, formatter_class=fmt)
     _common(dist, "chat JSONL: {messages, tools?} per line (the assistant turns are distilled)")
-    dist.add_argument("--teacher", required=True, metavar="MODEL", help="the teacher (same vocabulary as --model)")
+    dist.add_argument("--teacher", metavar="MODEL", help="the teacher (same vocabulary as --model); required")
     dist.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
     dist.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term; 1 - alpha goes to CE")
     dist.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -102,13 +103,14 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                     help="sample from an OpenAI-compatible server instead (e.g. http://127.0.0.1:8321/v1)")
     rs.add_argument("--api-model", default=None, metavar="NAME", help="the model name at --base-url")
     rs.add_argument("--api-key", default=None, help="bearer key for --base-url (default: $OPENAI_API_KEY)")
-    rs.add_argument("--data", required=True, metavar="FILE",
-                    help="prompts JSONL: {messages, tools?, and what the verifier reads}")
-    rs.add_argument("--out", required=True, metavar="FILE", help="the kept answers as SFT JSONL")
+    rs.add_argument("--data", metavar="FILE", help="prompts JSONL: {messages, tools?, and what the verifier reads}; "
+                    "required")
+    rs.add_argument("--out", metavar="FILE", help="the kept answers as SFT JSONL; required")
     rs.add_argument("--pairs-out", default=None, metavar="FILE",
                     help="also best-vs-worst preference pairs (for herd train dpo)")
     rs.add_argument("-n", type=int, default=4, help="samples per prompt (default 4)")
-    rs.add_argument("--verifier", choices=["exact", "regex", "json_schema", "tool_call", "judge"], required=True)
+    rs.add_argument("--verifier", choices=["exact", "regex", "json_schema", "tool_call", "judge"],
+                    help="how an answer is scored; required")
     rs.add_argument("--rubric", default="correct, helpful and concise", help="what the judge looks for")
     rs.add_argument("--judge-model", default=None, metavar="NAME",
                     help="the judge's model name at --base-url (default: the sampled model)")
@@ -119,6 +121,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     rs.add_argument("--seed", type=int, default=0)
     rs.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     rs.add_argument("--json", action="store_true", help="print a summary object at the end")
+    _config_option(rs)
+    for method, sp in actions.choices.items():
+        sp.set_defaults(method_parser=sp, required=REQUIRED.get(method, ("data", "out")))
     p.set_defaults(handler=cmd_train, train_parser=p)
     return p
 
@@ -128,8 +133,8 @@ def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> N
     p.add_argument("--model", "-m", default=None,
                    help="HF or Meta checkpoint directory, .gguf file or built-in name (default: the embedded "
                    "smollm2-135m-instruct, dequantized to float32)")
-    p.add_argument("--data", required=True, metavar="FILE", nargs="+" if many else None, help=data_help)
-    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints, metrics and outputs go")
+    p.add_argument("--data", metavar="FILE", nargs="+" if many else None, help=f"{data_help}; required")
+    p.add_argument("--out", metavar="DIR", help="where checkpoints, metrics and outputs go; required")
     p.add_argument("--lora-rank", type=int, default=None, metavar="R",
                    help="train a LoRA adapter of this rank instead of every weight")
     p.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha (default 2 x rank)")
@@ -159,12 +164,108 @@ def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> N
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each block in backward instead of keeping its activations (less memory)")
     p.add_argument("--json", action="store_true", help="print a summary object at the end")
+    _config_option(p)
+
+
+REQUIRED = {"distill": ("data", "out", "teacher"), "rejection-sample": ("data", "out", "verifier")}
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="options from a YAML, JSON or TOML file: {option: value} with the long option names "
+                   "(lora_rank or lora-rank); the command line wins over the file")
+
+
+def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A --config file as {dest: value}, each checked and converted as the command line would be."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise HerdError(f"--config {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        elif path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raise HerdError(f"--config {path}: use a .yaml, .yml, .json or .toml file")
+    except HerdError:
+        raise
+    except Exception as e:  # yaml / toml / json syntax errors: one line naming the file
+        raise HerdError(f"--config {path}: not valid {path.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise HerdError(f"--config {path}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            raise HerdError(f"--config {path}: unknown option {key!r} (known: "
+                            f"{', '.join(sorted(actions))})")
+        out[dest] = _config_value(path, key, value, action)
+    return out
+
+
+def _config_value(path: Path, key: Any, value: Any, action: argparse.Action) -> Any:
+    where = f"--config {path}: {key}"
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise HerdError(f"{where}: expected true or false, got {value!r}")
+        return value
+    many = action.nargs == "+"
+    values = value if many and isinstance(value, list) else [value]
+    if many and not values:
+        raise HerdError(f"{where}: expected at least one value")
+    converted = []
+    for v in values:
+        if isinstance(v, (dict, list)) or v is None or isinstance(v, bool):
+            raise HerdError(f"{where}: expected a single {getattr(action.type, '__name__', 'string')}, got {v!r}")
+        try:
+            v = action.type(v) if action.type is not None else str(v)
+        except (TypeError, ValueError):
+            raise HerdError(f"{where}: expected {getattr(action.type, '__name__', 'a string')}, got {v!r}") from None
+        if action.choices is not None and v not in action.choices:
+            raise HerdError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+        converted.append(v)
+    return converted if many else converted[0]
+
+
+def _given(argv: list[str], action: argparse.Action) -> bool:
+    return any(a == o or a.startswith(o + "=") for a in argv for o in action.option_strings)
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """--config's values for the options the command line did not give; then the required ones checked."""
+    parser = args.method_parser
+    if args.config:
+        argv = getattr(args, "_argv", [])
+        given = {a.dest for a in parser._actions if _given(argv, a)}
+        for dest, value in load_config(args.config, parser).items():
+            if dest not in given:
+                setattr(args, dest, value)
+    missing = [f"--{d.replace('_', '-')}" for d in args.required if getattr(args, d, None) in (None, [])]
+    if missing:
+        raise HerdError(f"herd train {args.train_action}: {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} required (on the command line or in --config)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.train_action is None:
         args.train_parser.print_help(sys.stderr)
         return 2
+    apply_config(args)
     if args.train_action == "rejection-sample":
         return _rejection_sample(args)
     return _train(args)
