@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install run chat test test-slow test-all reliability clean bench
+.PHONY: install run chat test test-slow test-all reliability clean bench bench-train
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 bench: install
 	@$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -c constraints.txt llama-cpp-python
 	$(PY) benchmarks/bench.py
+
+# training speed (BENCHMARKS.md, "Training speed"): herd vs HF Trainer vs TRL SFTTrainer, ~15 min, quiet machine
+bench-train: install
+	@$(PY) -c "import trl" 2>/dev/null || $(PIP) install -q -c constraints.txt trl
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

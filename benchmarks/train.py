@@ -6,8 +6,8 @@
     .venv/bin/python benchmarks/train.py --render --json t.json --write   # re-render saved numbers
 
 Issue 14: training tokens/s of full and LoRA SFT on the embedded model against HF Trainer on the same
-data, batch and sequence length, and peak RSS; the goal is herd >= 1.5x HF. TRL's SFTTrainer is not
-installed here (and is not installed by this script): its row says so.
+data, batch and sequence length, and peak RSS; the goal is herd >= 1.5x HF. TRL's SFTTrainer runs too when
+`trl` is installed (`make bench-train` installs it; this script installs nothing); otherwise its row says so.
 
 - Model: the embedded SmolLM2-135M-Instruct in fp32 on the CPU: herd's from herd.hub.load(None), HF's
   LlamaForCausalLM from those very weights written once in HF layout (herd.model.weights.save_hf).
@@ -22,7 +22,10 @@ installed here (and is not installed by this script): its row says so.
   order, epoch after epoch; `train_sampling_strategy="sequential"`), per_device_train_batch_size = dialogs
   per herd block on average (so a step holds about as many real tokens as a block), padded to the longest
   in the batch (labels -100 there), no eval, no saving, no workers.
-- Both: AdamW (torch's; herd's loop, HF's `adamw_torch`), lr 1e-5 full / 2e-4 LoRA, constant schedule,
+- TRL: trl.SFTTrainer as its docs recommend for speed: the same ids and labels as a pre-tokenized dataset,
+  `packing=True` with the "bfd" strategy (best-fit-decreasing packing into sequences of seq_len, padding-free:
+  one packed sequence per step, documents kept apart through position_ids), its own data order and collator.
+- All: AdamW (torch's; herd's loop, HF's `adamw_torch`), lr 1e-5 full / 2e-4 LoRA, constant schedule,
   no weight decay, gradient clipping at 1.0, one batch per step; LoRA rank 16, alpha 16, no dropout, on
   q, k, v, o, gate, up and down (herd.model.lora.apply_lora; peft for HF). Each system x mode runs in its
   own process with the same torch thread count (--threads); step times are wall time between the ends of
@@ -64,8 +67,9 @@ LORA_RANK, LORA_ALPHA = 16, 16
 LR = {"full": 1e-5, "lora": 2e-4}
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("full", "lora")
-SYSTEMS = ("herd", "hf")
-NAMES = {"herd": "herd (`herd.train.loop.train`)", "hf": "HF transformers `Trainer`"}
+SYSTEMS = ("herd", "hf", "trl")
+NAMES = {"herd": "herd (`herd.train.loop.train`)", "hf": "HF transformers `Trainer`",
+         "trl": "TRL `SFTTrainer` (packing bfd)"}
 
 
 # ---- the machine ---------------------------------------------------------------------------------
@@ -213,6 +217,9 @@ def prepare(work: Path, n_dialogs: int, seed: int, seq_len: int) -> dict:
 
     model, tokenizer = hub.load(None, dtype=torch.float32, device="cpu")
     save_hf(model, model.args, work / "hf")
+    from herd.cli.train import copy_tokenizer
+
+    copy_tokenizer(hub.resolve(None), work / "hf")  # TRL's SFTTrainer wants a tokenizer beside the weights
     del model
     dialogs = make_dialogs(n_dialogs, seed)
     jsonl = work / "dialogs.jsonl"
@@ -394,13 +401,79 @@ def hf_worker(mode: str, spec: dict, data: dict) -> dict:
     return res
 
 
+def trl_worker(mode: str, spec: dict, data: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaForCausalLM, TrainerCallback
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer
+
+    hf_logging.set_verbosity_error()
+    model = LlamaForCausalLM.from_pretrained(spec["hf_dir"], dtype=torch.float32)
+    torch.set_num_threads(spec["threads"])
+    peft_config = None
+    if mode == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=HF_TARGETS,
+                                 bias="none", task_type="CAUSAL_LM")
+    steps = spec["warmup"] + spec["steps"]
+    dataset = Dataset.from_dict({"input_ids": [ids for ids, _ in data["examples"]],
+                                 "labels": [labels for _, labels in data["examples"]]})
+    ends: list[float] = []
+    seen: list[tuple[int, int]] = []  # per step: real tokens, trained targets
+    losses: list[float] = []
+    state = {"rss": 0.0}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, st, control, **kw):
+            ends.append(time.perf_counter())
+
+        def on_step_end(self, args, st, control, **kw):
+            ends.append(time.perf_counter())
+            state["rss"] = _rss_mb()
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    with tempfile.TemporaryDirectory(prefix="trl-train-bench-") as out:
+        args = SFTConfig(
+            output_dir=out, per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=steps,
+            learning_rate=LR[mode], lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
+            weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", dataloader_num_workers=0,
+            dataloader_pin_memory=False, use_cpu=True, seed=data["seed"], disable_tqdm=True,
+            max_length=data["seq_len"], packing=True, packing_strategy="bfd")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config,
+                             callbacks=[Clock()])
+        inner = trainer.compute_loss
+
+        def counted(m, inputs, *a, **kw):  # the tokens of each step's packed sequence
+            labels = inputs["labels"]
+            seen.append((int(inputs["input_ids"].numel()), int((labels[:, 1:] != IGNORE).sum())))
+            return inner(m, inputs, *a, **kw)
+
+        trainer.compute_loss = counted
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        rss_before = _rss_mb()
+        trainer.train()
+    real, trained = (list(col) for col in zip(*seen))
+    res = _summary(ends, real, trained, [0] * len(real), spec["warmup"])
+    res.update({"batch": "1 packed sequence (bfd)", "examples_per_step": None,
+                "first_loss": losses[0] if losses else None, "losses": losses, "trainable": trainable,
+                "rss_before_mb": rss_before, "peak_rss_mb": state["rss"], "threads": torch.get_num_threads(),
+                "attention": getattr(trainer.model.config, "_attn_implementation", "?")})
+    return res
+
+
 def worker_main(argv: list[str]) -> None:
     system, mode, spec = argv[0], argv[1], json.loads(argv[2])
     if system == "prepare":
         result = prepare(Path(spec["work"]), spec["dialogs"], spec["seed"], spec["seq_len"])
     else:
         data = json.loads(Path(spec["data"]).read_text())
-        result = (herd_worker if system == "herd" else hf_worker)(mode, spec, data)
+        result = {"herd": herd_worker, "hf": hf_worker, "trl": trl_worker}[system](mode, spec, data)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -465,11 +538,15 @@ def render(r: dict) -> str:
             if system == "herd" and h and f:
                 ratio = (f"**{h['real_tok_s'] / f['real_tok_s']:.2f}x** (trained "
                          f"{h['trained_tok_s'] / f['trained_tok_s']:.2f}x)")
+            t = runs.get(f"trl:{mode}")
+            if system == "herd" and h and t:
+                ratio += f"{'; ' if ratio else ''}vs TRL **{h['real_tok_s'] / t['real_tok_s']:.2f}x**"
             pad = x["padded_tokens"] / (x["padded_tokens"] + x["real_tokens"])
             lines.append(f"| {mode} | {NAMES[system]} | {x['batch']} | {x['real_tokens'] / x['timed_steps']:.0f} | "
                          f"{100 * pad:.0f}% | {x['real_tok_s']:.0f} | {x['trained_tok_s']:.0f} | "
                          f"{x['step_p50_s']:.2f} | {x['peak_rss_mb']:.0f} | {ratio} |")
-        lines.append(f"| {mode} | TRL `SFTTrainer` | not installed here: not run | | | | | | | |")
+        if "trl" not in s["systems"]:
+            lines.append(f"| {mode} | TRL `SFTTrainer` | not installed here: not run | | | | | | | |")
     lines += [
         "",
         ("Loss check (same weights, same dialogs): herd's first-step loss on its first block against HF's "
@@ -515,7 +592,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--modes", default="full,lora", help="comma list of: full, lora")
-    ap.add_argument("--systems", default="herd,hf", help="comma list of: herd, hf")
+    ap.add_argument("--systems", default=None, help="comma list of: herd, hf, trl (default: all; trl when it "
+                    "is installed)")
     ap.add_argument("--write", action="store_true", help="update the train section of BENCHMARKS.md")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--json", type=Path, default=None, help="also save the raw numbers here")
@@ -532,6 +610,10 @@ def main() -> None:
     if a.quick:
         a.seq_len, a.steps, a.warmup = 256, 3, 1
     modes = [x for x in MODES if x in a.modes.split(",")]
+    if a.systems is None:
+        import importlib.util
+
+        a.systems = "herd,hf" + (",trl" if importlib.util.find_spec("trl") else "")
     systems = [x for x in SYSTEMS if x in a.systems.split(",")]
     if not modes or not systems or a.steps < 1 or a.warmup < 0 or a.seq_len < 16:
         ap.error("need a mode (full, lora), a system (herd, hf), --steps >= 1, --warmup >= 0, --seq-len >= 16")
