@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from herd.cli.train import add_train_parser
 
     add_train_parser(sub)
+    from herd.cli.eval import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
