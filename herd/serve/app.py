@@ -18,9 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
 from herd.errors import HerdError
-from herd.serve import stored
+from herd.serve import post_training, stored, vector_stores
 from herd.serve import tools as tool_runtime
-from herd.serve import vector_stores
 from herd.serve.config import ServerConfig
 from herd.serve.errors import APIError, api_error_response, error_body
 from herd.serve.limits import Admission, Drain
@@ -125,7 +124,9 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await tool_runtime.start(app.state.tools, app.state.tool_runtime)  # MCP servers: connect, restore
         await asyncio.to_thread(vector_stores.start, app)  # files left in progress: ingested again
+        await asyncio.to_thread(post_training.start, app)  # training jobs: adopted, settled or resumed
         yield
+        await asyncio.to_thread(post_training.close, app)  # the jobs themselves go on
         await app.state.tools.close()  # sandbox processes, MCP connections
         await asyncio.to_thread(vector_stores.close, app)
         if getattr(app.state, "datasets", None) is not None:

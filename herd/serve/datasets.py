@@ -6,8 +6,8 @@ A dataset comes from rows (`{"type": "rows", "rows": [...]}`) or a URI the serve
 network: a path or `file://` URI of a JSONL, JSON (a list of objects) or CSV file inside
 `<herd_home>/datasets/` (relative paths are taken from there; the server reads no other file for a client),
 or a `data:` URL (base64 or percent-encoded, of the same formats). The rows are read and checked at registration against the
-purpose (`post-training/messages`: a `messages` list; `eval/question-answer`: `question` and `answer`;
-`eval/messages-answer`: `messages` and `answer`), so a bad dataset is a 400 naming the row, and then kept.
+purpose (`post-training/messages`: a `messages` list; `post-training/preference`: `prompt`, `chosen` and
+`rejected`, for DPO; `eval/question-answer`: `question` and `answer`; `eval/messages-answer`: `messages` and `answer`), so a bad dataset is a 400 naming the row, and then kept.
 Remote URIs (http, huggingface) are a 400: Herd fetches nothing.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from herd.home import StateFile
 from herd.serve.errors import APIError, bad_request, not_found
 
 FILENAME = "datasets.sqlite"
-PURPOSES = {"post-training/messages": ("messages",), "eval/question-answer": ("question", "answer"),
-            "eval/messages-answer": ("messages", "answer")}
+PURPOSES = {"post-training/messages": ("messages",), "post-training/preference": ("prompt", "chosen", "rejected"),
+            "eval/question-answer": ("question", "answer"), "eval/messages-answer": ("messages", "answer")}
 MAX_ROWS = 1_000_000
 
 _SCHEMA = """

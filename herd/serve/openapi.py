@@ -31,13 +31,16 @@ STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-comp
 GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
 OPEN = {"/v1/health"}
-CONFLICTING = {"/v1/vector-dbs", "/v1/datasets"}  # registering an id that exists (differently)
+# registering an id that exists (differently); a job_uuid taken; cancelling a job that has ended
+CONFLICTING = {"/v1/vector-dbs", "/v1/datasets", "/v1/post-training/supervised-fine-tune",
+               "/v1/post-training/preference-optimize", "/v1/post-training/job/cancel"}
 REASONS = {
     400: "Bad request: invalid JSON, a field of the wrong type or value (param names it)",
     401: "Missing or invalid API key (when the server has one)",
     404: "Unknown model, shield or resource; the message lists what exists",
     408: "The request body did not arrive within server.body_timeout",
-    409: "The resource exists already (a dataset id; a vector DB with another embedding model)",
+    409: "The resource exists already (a dataset id, a job_uuid; a vector DB with another embedding model), or a "
+         "training job to cancel has ended",
     413: "The request body is over server.max_request_bytes (an uploaded file: over rag.max_file_bytes)",
     415: "The request body is not JSON (Content-Type must be application/json; file uploads: multipart/form-data)",
     429: "The model's queue is full (limits.max_waiting_requests / max_queued_tokens); see Retry-After",
@@ -63,7 +66,8 @@ def _statuses(path: str, method: str, op: dict[str, Any]) -> list[int]:
         out.append(400)
     if body:
         out += [408, 413, 415]
-    ids = any(x.get("in") == "query" and str(x.get("name", "")).endswith("_id") for x in op.get("parameters", ()))
+    ids = any(x.get("in") == "query" and str(x.get("name", "")).endswith(("_id", "_uuid"))
+              for x in op.get("parameters", ()))
     if body or "{" in path or ids:  # a resource named in the path, the body or an `..._id` query parameter
         out.append(404)
     if path in CONFLICTING and method == "post":

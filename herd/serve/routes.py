@@ -28,6 +28,7 @@ from herd.serve import (
     datasets,
     embeddings,
     models,
+    post_training,
     responses,
     safety,
     stored,
@@ -695,6 +696,46 @@ async def append_rows(dataset_id: str, body: p.AppendRowsRequest, request: Reque
     await datasets.append_rows(_datasets(request), dataset_id, body.rows)
 
 
+# ---- Llama Stack post-training (herd/serve/post_training.py) -------------------------------------------------
+
+train_routes = APIRouter(prefix="/v1/post-training", tags=["post_training"])
+
+
+@train_routes.post("/supervised-fine-tune", response_model=p.PostTrainingJob)
+async def supervised_fine_tune(body: p.SupervisedFineTuneRequest, request: Request) -> dict[str, Any]:
+    """Fine-tune a served model on a registered dataset (LoRA, or every weight): a background job."""
+    return await post_training.submit(request.app, _datasets(request), body, "sft")
+
+
+@train_routes.post("/preference-optimize", response_model=p.PostTrainingJob)
+async def preference_optimize(body: p.PreferenceOptimizeRequest, request: Request) -> dict[str, Any]:
+    """DPO on a dataset of {prompt, chosen, rejected} rows: a background job."""
+    return await post_training.submit(request.app, _datasets(request), body, "dpo")
+
+
+@train_routes.get("/jobs", response_model=p.PostTrainingJobList)
+async def list_training_jobs(request: Request) -> dict[str, Any]:
+    return await post_training.list_jobs(request.app)
+
+
+@train_routes.get("/job/status", response_model=p.PostTrainingJobStatus)
+async def training_job_status(job_uuid: str, request: Request) -> dict[str, Any]:
+    """Status, times and checkpoints (with the training loss) of a job; `error` says why one failed."""
+    return await post_training.status(request.app, job_uuid)
+
+
+@train_routes.get("/job/artifacts", response_model=p.PostTrainingJobArtifacts)
+async def training_job_artifacts(job_uuid: str, request: Request) -> dict[str, Any]:
+    """A job's checkpoints: resumable states (step-N), then adapter/ and merged/ (`herd serve --model PATH`)."""
+    return await post_training.artifacts(request.app, job_uuid)
+
+
+@train_routes.post("/job/cancel")
+async def cancel_training_job(body: p.TrainingJobRequest, request: Request) -> None:
+    """Stop a scheduled or running job (409 for one that has ended)."""
+    await post_training.cancel(request.app, body.job_uuid)
+
+
 # ---- operations (not in the API document) ------------------------------------------------------
 
 ops_routes = APIRouter(include_in_schema=False)
@@ -723,5 +764,6 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(tool_routes)
     app.include_router(rag_routes)
     app.include_router(data_routes)
+    app.include_router(train_routes)
     app.include_router(ops_routes)
     app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

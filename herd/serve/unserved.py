@@ -22,7 +22,6 @@ UNSERVED: tuple[tuple[str, str], ...] = (
     ("/v1/scoring", "scoring"),
     ("/v1/scoring-functions", "scoring_functions"),
     ("/v1/eval", "eval"),
-    ("/v1/post-training", "post_training"),
     ("/v1/telemetry", "telemetry"),
     ("/v1/synthetic-data-generation", "synthetic_data_generation"),
     ("/v1/inference/batch-chat-completion", "inference (batch)"),

@@ -24,7 +24,7 @@ def _app() -> FastAPI:
 @pytest.mark.parametrize("method,path,api", [
     ("POST", "/v1/scoring/score", "scoring"),
     ("POST", "/v1/eval/benchmarks/b/jobs", "eval"),
-    ("POST", "/v1/post-training/supervised-fine-tune", "post_training"),
+    ("POST", "/v1/telemetry/events", "telemetry"),
     ("POST", "/v1/synthetic-data-generation/generate", "synthetic_data_generation"),
     ("POST", "/v1/batches", "OpenAI batches"),
     ("GET", "/v1/openai/v1/fine_tuning/jobs", "OpenAI fine_tuning"),

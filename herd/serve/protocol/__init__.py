@@ -8,6 +8,7 @@ models, so that every shape lives in this package: `common` (bases, ids, dumping
 from herd.serve.protocol.agents import *
 from herd.serve.protocol.common import *
 from herd.serve.protocol.openai import *
+from herd.serve.protocol.post_training import *
 from herd.serve.protocol.responses import *
 from herd.serve.protocol.safety import *
 from herd.serve.protocol.stack import *
