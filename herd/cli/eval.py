@@ -74,6 +74,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     sc.add_argument("--workers", type=int, default=2, help="humaneval: programs run in parallel (default 2)")
     sc.add_argument("--timeout", type=float, default=10.0, help="humaneval: seconds per program (default 10)")
     sc.add_argument("--memory-mb", type=int, default=1024, help="humaneval: memory per program (default 1024)")
+    sc.add_argument("--isolation", choices=["auto", "none"], default="auto",
+                    help="humaneval: auto = herd's sandbox (refuse to run without one); none = plain processes "
+                    "(only for code you trust)")
     sc.add_argument("--max-len", type=int, default=None, help="perplexity: window length (default: the model's)")
     sc.add_argument("--stride", type=int, default=None, help="perplexity: window step (default: --max-len / 2)")
     p.set_defaults(handler=cmd_eval)
@@ -112,11 +115,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples and not Path(args.samples).is_file():
         raise HerdError(f"--samples {args.samples}: no such file")
     stride = args.stride if args.stride is not None else (args.max_len // 2 if args.max_len else None)
+    extra = {"generate": {"scorer": args.scorer}, "perplexity": {"max_len": args.max_len, "stride": stride},
+             "humaneval": {"isolation": args.isolation}}.get(args.task, {})
     options = TaskOptions(data=data, limit=args.limit,
                           categories=[c.strip() for c in args.categories.split(",")] if args.categories else None,
                           num_samples=args.num_samples, ks=_ks(args.k, args.num_samples), workers=args.workers,
-                          timeout=args.timeout, memory_mb=args.memory_mb,
-                          extra={"scorer": args.scorer, "max_len": args.max_len, "stride": stride})
+                          timeout=args.timeout, memory_mb=args.memory_mb, extra=extra)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     key = args.api_key or os.environ.get("OPENAI_API_KEY")
     label = args.api_model if args.base_url else (args.model or "smollm2-135m-instruct")
