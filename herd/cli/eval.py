@@ -151,8 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
                 judge_gen = OpenAIGenerator(args.base_url, args.judge_model or args.api_model, api_key=key)
             else:
-                models = _registry(local, args.seed)
-                judge_gen = _local(models, local[0])
+                models = load_registry(local, args.seed)
+                judge_gen = local_generator(models, local[0])
             task.judge = LLMJudge(judge_gen, args.rubric)
         bar = _Bar(args.task)
         if args.samples:
@@ -176,8 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             run = asyncio.run(evaluate(task, cfg, generator=gen, out_dir=out, progress=bar.update,
                                        on_total=bar.start))
         else:
-            models = models or _registry(local, args.seed)
-            gen = _local(models, local[-1])
+            models = models or load_registry(local, args.seed)
+            gen = local_generator(models, local[-1])
             run = asyncio.run(evaluate(task, cfg, generator=gen, out_dir=out, progress=bar.update,
                                        on_total=bar.start))
         bar.close()
@@ -200,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(refs: list[str], seed: int) -> Any:
+def load_registry(refs: list[str], seed: int) -> Any:
     """The in-process models, loaded once into one registry (the judge and the model may be the same)."""
     from herd.serve.config import ModelSpec, default_id
     from herd.serve.models import ModelRegistry
@@ -210,7 +210,7 @@ def _registry(refs: list[str], seed: int) -> Any:
     return ModelRegistry.load(list(specs.values()), progress=False)
 
 
-def _local(models: Any, ref: str) -> Any:
+def local_generator(models: Any, ref: str) -> Any:
     """The in-process Generator over the engine (continuous batching serves the concurrent requests)."""
     from herd.serve.config import default_id
     from herd.serve.generator import ServedGenerator, local_context

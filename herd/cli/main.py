@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     from herd.cli.eval import add_eval_parser
 
     add_eval_parser(sub)
+    from herd.cli.sdg import add_sdg_parser
+
+    add_sdg_parser(sub)
     return parser
 
 

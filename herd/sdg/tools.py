@@ -1,0 +1,264 @@
+"""`herd sdg tools`: synthetic tool-use dialogs for SFT, made by a model through a `Generator`.
+
+    tools = read_tools("tools.json")                  # OpenAI function schemas (a list, or {"tools": [...]})
+    stubs = load_stubs("stubs.py")                    # a Python file: one function per tool name
+    result = await generate_tool_dialogs(gen, tools, stubs, n=300, seed=0)
+    write_jsonl("tools_sft.jsonl", result.dialogs)    # herd train sft --data tools_sft.jsonl
+
+Each dialog is made in up to five model calls: (1) a user request that needs one tool (round-robin over the
+tools, with varied persona and wording prompts; the model first invents the call's values through the
+grammar, then writes a message asking for them) or, for `no_tool_share` of them, no tool at all; (2) the
+call, with the tool named in `tool_choice`, so the engine's JSON-schema grammar makes every call match its
+schema (checked again with jsonschema; an endpoint without grammars may fail it, and the dialog is then
+dropped and counted), and every required string or number argument must appear in the request (a value
+the model made up is not a call to learn); (3) the result, by running the user's stub implementation with the arguments (a
+stub that raises drops the dialog: "checked by execution"); (4) the final answer given the result. The
+dialogs are in `herd train`'s chat format: {"messages": [user, assistant tool_calls, tool, assistant],
+"tools": [...]}, and the requests then go through herd/sdg/filters.py (duplicates, length, language,
+decontamination against evaluation sets), each step counted in the summary.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from herd.errors import HerdError
+from herd.generator import ChatRequest, Generator, complete
+from herd.tokenizer.messages import Message, ToolCall, ToolDefinition, to_tools
+
+PERSONAS = ("a busy parent", "a student", "a software engineer", "a traveller", "a small-business owner",
+            "a retired teacher", "a journalist", "a nurse on a night shift", "a data analyst", "a chef",
+            "a project manager", "a tourist abroad", "a researcher", "a shop assistant", "a sports coach")
+STYLES = ("short and direct", "polite and detailed", "casual", "in a hurry", "with a bit of context first",
+          "as a question", "as an instruction")
+NO_TOOL_TOPICS = ("a general-knowledge question", "small talk", "advice on writing an email", "a definition of a "
+                  "word", "a question about history", "a request for a short poem", "a cooking tip",
+                  "a question about a famous book")
+
+
+def read_tools(path: str | Path) -> list[dict[str, Any]]:
+    """OpenAI tool definitions from a JSON file (a list, or an object with `tools`), checked."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise HerdError(f"{path}: cannot read tool definitions: {e}") from None
+    tools = raw.get("tools") if isinstance(raw, dict) else raw
+    if not isinstance(tools, list) or not tools:
+        raise HerdError(f"{path}: expected a non-empty list of OpenAI tool definitions")
+    tools = [t if isinstance(t, dict) and "type" in t else {"type": "function", "function": t} for t in tools]
+    try:
+        defs = to_tools(tools)
+    except HerdError as e:
+        raise HerdError(f"{path}: {e}") from None
+    names = [d.tool_name for d in defs]
+    if len(set(names)) != len(names):
+        raise HerdError(f"{path}: tool names must be unique")
+    return tools
+
+
+def load_stubs(path: str | Path) -> dict[str, Callable[..., Any]]:
+    """The public functions of a Python file, by name (the tools' stub implementations)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HerdError(f"--stubs {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"herd_sdg_stubs_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as e:
+        raise HerdError(f"--stubs {path}: {type(e).__name__}: {e}") from None
+    return {n: f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")}
+
+
+@dataclass
+class ToolSDGResult:
+    dialogs: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # attempted, invalid_call, stub_failed, ...
+    first_errors: dict[str, str] = field(default_factory=dict)  # the first message of each kind of failure
+
+    def count(self, name: str, n: int = 1, error: str | None = None) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+        if error is not None:
+            self.first_errors.setdefault(name, error)
+
+
+def _schema_text(d: ToolDefinition) -> str:
+    return json.dumps({"name": d.tool_name, "description": d.description, "parameters": d.parameters})
+
+
+def _clean_request(text: str) -> str:
+    text = text.strip().strip('"').strip()
+    for prefix in ("Request:", "User:", "User request:"):
+        if text.lower().startswith(prefix.lower()):
+            text = text[len(prefix):].strip()
+    return text.split("\n\n")[0].strip().strip('"').strip()
+
+
+async def _ask(gen: Generator, prompt: str, *, temperature: float, seed: int, max_tokens: int) -> str:
+    result = await complete(gen, ChatRequest([Message("user", prompt)], temperature=temperature, seed=seed,
+                                             max_tokens=max_tokens))
+    return result.message.content
+
+
+async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[ToolDefinition], stubs: dict[str, Any],
+                      index: int, *, tool: ToolDefinition | None, seed: int, temperature: float,
+                      result: ToolSDGResult) -> dict[str, Any] | None:
+    import jsonschema
+
+    rng = random.Random(seed * 1_000_003 + index)
+    persona, style = rng.choice(PERSONAS), rng.choice(STYLES)
+    if tool is None:
+        prompt = (f"Write one message that {persona} might send to an AI assistant: {rng.choice(NO_TOOL_TOPICS)}, "
+                  f"{style}. It must not need any tool or live data. Write only the message.")
+    else:
+        # the values first (a grammar-constrained call the model invents), then a message that asks for them:
+        # the request then carries every value the call needs
+        invented = await complete(gen, ChatRequest(
+            [Message("user", f"Invent realistic example values for a call to the tool {tool.tool_name} "
+                             f"({tool.description}), as {persona} would need them.")],
+            defs, tool.tool_name, temperature=temperature, seed=seed + index, max_tokens=160))
+        if len(invented.message.tool_calls) != 1:
+            result.count("no_call")
+            return None
+        values = "; ".join(f"{k}: {v}" for k, v in invented.message.tool_calls[0].arguments.items())
+        prompt = (f"Write the message that {persona} sends to an AI assistant to ask for this: "
+                  f"{tool.description} ({values}). Mention every value. Be {style}. Write only the message.")
+    request = _clean_request(await _ask(gen, prompt, temperature=temperature, seed=seed + index, max_tokens=96))
+    if not request:
+        result.count("empty_request")
+        return None
+    if any(ch in request for ch in "{}[]") or request.count("\n") > 3:
+        result.count("bad_request", error=request[:200])  # a schema echoed, or not one message
+        return None
+    user = {"role": "user", "content": request}
+    if tool is None:
+        answer = await complete(gen, ChatRequest([Message("user", request)], defs, "none", temperature=0.0,
+                                                 max_tokens=160))
+        if not answer.message.content.strip():
+            result.count("empty_answer")
+            return None
+        return {"messages": [user, {"role": "assistant", "content": answer.message.content.strip()}], "tools": tools}
+    called = await complete(gen, ChatRequest([Message("user", request)], defs, tool.tool_name, temperature=0.0,
+                                             max_tokens=192))
+    calls = called.message.tool_calls
+    if len(calls) != 1 or calls[0].tool_name != tool.tool_name:
+        result.count("no_call")
+        return None
+    call = calls[0]
+    if not jsonschema.Draft202012Validator(tool.parameters or {"type": "object"}).is_valid(call.arguments):
+        result.count("invalid_call")
+        return None
+    missing = ungrounded(request, call.arguments, tool)
+    if missing:  # the model made up a value the user never gave: not a call to learn
+        result.count("ungrounded_call", error=f"{request[:120]!r}: {missing}")
+        return None
+    try:
+        value = stubs[tool.tool_name](**call.arguments)
+        content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    except Exception as e:  # the call does not run: not a dialog to learn from
+        result.count("stub_failed", error=f"{tool.tool_name}({json.dumps(call.arguments)}): {type(e).__name__}: {e}")
+        return None
+    call_id = f"call_{index}"
+    tc = ToolCall(call_id, tool.tool_name, call.arguments)
+    history = [Message("user", request), Message("assistant", "", [tc]),
+               Message("tool", content, call_id=call_id)]
+    answer = await complete(gen, ChatRequest(history, defs, "none", temperature=0.0, max_tokens=160))
+    text = answer.message.content.strip()
+    if not text:
+        result.count("empty_answer")
+        return None
+    if text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text:
+        result.count("bad_answer", error=text[:200])  # the call repeated instead of an answer
+        return None
+    return {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [tc.to_openai()]},
+                         {"role": "tool", "tool_call_id": call_id, "content": content},
+                         {"role": "assistant", "content": text}], "tools": tools}
+
+
+async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stubs: dict[str, Any], *, n: int,
+                                seed: int = 0, temperature: float = 1.0, no_tool_share: float = 0.15,
+                                concurrency: int = 16, progress: Callable[[int], None] | None = None
+                                ) -> ToolSDGResult:
+    """n attempted dialogs (see the module docstring); the ones that survive, with counts of the others."""
+    defs = to_tools(tools)
+    missing = [d.tool_name for d in defs if d.tool_name not in stubs]
+    if missing:
+        raise HerdError(f"no stub implementation for {', '.join(missing)} (define a function of that name in --stubs)")
+    if not 0.0 <= no_tool_share < 1.0:
+        raise HerdError("no_tool_share must be in [0, 1)")
+    result = ToolSDGResult()
+    rng = random.Random(seed)
+    plan: list[ToolDefinition | None] = []
+    for i in range(n):
+        plan.append(None if rng.random() < no_tool_share else defs[i % len(defs)])
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, tool: ToolDefinition | None) -> dict[str, Any] | None:
+        async with gate:
+            try:
+                return await make_dialog(gen, tools, defs, stubs, i, tool=tool, seed=seed, temperature=temperature,
+                                         result=result)
+            except HerdError as e:  # e.g. the request does not fit the model's context
+                result.count("model_error", error=str(e))
+                return None
+            finally:
+                if progress:
+                    progress(1)
+
+    dialogs = await asyncio.gather(*(one(i, t) for i, t in enumerate(plan)))
+    result.count("attempted", n)
+    result.dialogs = [d for d in dialogs if d is not None]
+    result.count("generated", len(result.dialogs))
+    return result
+
+
+def ungrounded(request: str, arguments: dict[str, Any], tool: ToolDefinition) -> list[str]:
+    """The required arguments whose string or number value does not appear in the request (case and
+    spacing ignored); enums and booleans are the model's to choose."""
+    props = (tool.parameters or {}).get("properties", {})
+    low = " ".join(request.lower().split())
+    out = []
+    for name in (tool.parameters or {}).get("required", []):
+        value, spec = arguments.get(name), props.get(name, {})
+        if "enum" in spec or isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            forms = {str(value), f"{value:g}"} | ({str(int(value))} if float(value).is_integer() else set())
+            if not any(f in low for f in forms):
+                out.append(name)
+        elif isinstance(value, str) and " ".join(value.lower().split()) not in low:
+            out.append(name)
+    return out
+
+
+def calls_valid(dialog: dict[str, Any]) -> bool:
+    """Every tool call in the dialog names an offered tool and its arguments validate against its schema."""
+    import jsonschema
+
+    defs = {d.tool_name: d for d in to_tools(dialog.get("tools"))}
+    for m in dialog["messages"]:
+        for c in m.get("tool_calls") or []:
+            fn = c["function"]
+            d = defs.get(fn["name"])
+            if d is None or not jsonschema.Draft202012Validator(d.parameters or {"type": "object"}).is_valid(
+                    json.loads(fn["arguments"])):
+                return False
+    return True
+
+
+def tool_names(dialogs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many dialogs call each tool ("(none)" for no call)."""
+    out: dict[str, int] = {}
+    for d in dialogs:
+        names = [c["function"]["name"] for m in d["messages"] for c in m.get("tool_calls") or []] or ["(none)"]
+        for name in names:
+            out[name] = out.get(name, 0) + 1
+    return out
