@@ -104,8 +104,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.task not in TASKS:
         raise HerdError(f"unknown task {args.task!r}; choose from {', '.join(TASKS)}, compare")
-    if sum(x is not None for x in (args.model, args.base_url, args.samples)) > 1:
+    if args.model is not None and (args.base_url is not None or args.samples is not None):
         raise HerdError("give one of --model, --base-url or --samples")
+    if args.samples is not None and args.base_url is not None and args.scorer != "llm_judge":
+        raise HerdError("with --samples there is nothing to generate: --base-url is only for an llm_judge "
+                        "judge (--scorer llm_judge --judge-model NAME)")
     if args.base_url and not args.api_model:
         raise HerdError("--base-url needs --api-model (the model's name there)")
     if args.num_samples < 1 or args.concurrency < 1 or args.retries < 0 or (args.limit is not None and args.limit < 1):

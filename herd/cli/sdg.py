@@ -14,6 +14,9 @@ EPILOG = """examples:
   herd sdg tools --tools tools.json --stubs stubs.py -n 300 --out tools_sft.jsonl
   herd sdg tools --tools tools.json --stubs stubs.py -n 1000 --base-url http://127.0.0.1:8321/v1 --api-model llama \\
       --out tools_sft.jsonl --fail-on-contamination
+  herd sdg tools --tools tools.json --stubs stubs.py -n 300 --requests template --out t.jsonl   # small models
+  herd sdg instruct --seeds seeds.jsonl -n 500 --out instruct.jsonl          # self-instruct
+  herd sdg rejection --data prompts.jsonl --out best.jsonl -n 4 --verifier exact   # best of N, verified
   herd train sft --data tools_sft.jsonl --out runs/tools --lora-rank 16      # then train on them
 tools.json: OpenAI tool definitions (a list, or {"tools": [...]}); stubs.py: one Python function per tool,
 called with the generated arguments (its return value, JSON-encoded, is the tool result; an exception drops
@@ -25,7 +28,8 @@ exit status: 0 done, 1 contamination found with --fail-on-contamination, 2 bad i
 
 def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("sdg", help="synthetic data: tool-use dialogs for fine-tuning", epilog=EPILOG,
+    p = sub.add_parser("sdg", help="synthetic data: tool-use dialogs, self-instruct, rejection sampling",
+                       epilog=EPILOG,
                        description="Synthetic data generation with a model, filtered and decontaminated.",
                        formatter_class=fmt)
     actions = p.add_subparsers(dest="sdg_action", metavar="KIND")
@@ -36,6 +40,10 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="FILE", help="the dialogs, as herd train sft JSONL")
     t.add_argument("-n", type=int, default=100, help="dialogs to attempt (default 100)")
     t.add_argument("--no-tool-share", type=float, default=0.15, help="share of requests that need no tool")
+    t.add_argument("--requests", choices=["model", "template"], default="model",
+                   help="who writes the tool requests: the model (from the values it invented; then it must "
+                   "make the call again from the request alone) or templates around the invented values (for "
+                   "small models; the invented call is the call)")
     t.add_argument("--model", "-m", default=None, help="in-process model (default: the embedded one)")
     t.add_argument("--base-url", default=None, metavar="URL", help="or an OpenAI-compatible endpoint")
     t.add_argument("--api-model", default=None, metavar="NAME")
@@ -51,6 +59,29 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
                    help="evaluation sets to check against (comma list; 'none' to skip)")
     t.add_argument("--fail-on-contamination", action="store_true", help="exit 1 when any request overlaps")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i = actions.add_parser("instruct", help="self-instruct: new instructions from seed tasks, then answers",
+                           description="Self-instruct from seed tasks: the model proposes new tasks from a few "
+                           "examples at a time; duplicates, off-length and non-English ones are dropped; then the "
+                           "model answers each. Output: herd train sft JSONL.", formatter_class=fmt)
+    i.add_argument("--seeds", required=True, metavar="FILE", help='JSONL: {"instruction": ...} per line (>= 2)')
+    i.add_argument("--out", required=True, metavar="FILE")
+    i.add_argument("-n", type=int, default=100, help="new instructions to make (default 100)")
+    i.add_argument("--shots", type=int, default=4, help="examples shown per proposal (default 4)")
+    i.add_argument("--near-duplicate", type=float, default=0.7, metavar="J")
+    i.add_argument("--model", "-m", default=None)
+    i.add_argument("--base-url", default=None, metavar="URL")
+    i.add_argument("--api-model", default=None, metavar="NAME")
+    i.add_argument("--api-key", default=None)
+    i.add_argument("--temperature", "-t", type=float, default=1.0)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--concurrency", type=int, default=16)
+    i.add_argument("--decontaminate", default="humaneval,bfcl")
+    i.add_argument("--json", action="store_true")
+    from herd.cli.train import RS_EPILOG, add_rejection_options
+
+    rs = actions.add_parser("rejection", help="N answers per prompt, verified; the best kept (as herd train "
+                            "rejection-sample)", epilog=RS_EPILOG, formatter_class=fmt)
+    add_rejection_options(rs)
     p.set_defaults(handler=cmd_sdg, sdg_parser=p)
     return p
 
@@ -59,7 +90,69 @@ def cmd_sdg(args: argparse.Namespace) -> int:
     if args.sdg_action is None:
         args.sdg_parser.print_help(sys.stderr)
         return 2
+    if args.sdg_action == "rejection":
+        from herd.cli.train import run_rejection_sample
+
+        missing = [f"--{d}" for d in ("data", "out", "verifier") if getattr(args, d) is None]
+        if missing:
+            raise HerdError(f"herd sdg rejection: {', '.join(missing)} required")
+        return run_rejection_sample(args)
+    if args.sdg_action == "instruct":
+        return _instruct(args)
     return _tools(args)
+
+
+def _generator(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(the Generator, the in-process registry to shut down or None)."""
+    if args.base_url:
+        from herd.generator_http import OpenAIGenerator
+
+        if not args.api_model:
+            raise HerdError("--base-url needs --api-model (the model's name there)")
+        key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        return OpenAIGenerator(args.base_url, args.api_model, api_key=key), None
+    from herd import hub
+    from herd.cli.eval import load_registry, local_generator
+
+    ref = args.model or hub.DEFAULT_MODEL
+    models = load_registry([ref], args.seed)
+    return local_generator(models, ref), models
+
+
+def _instruct(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from herd.sdg import filters
+    from herd.sdg.evalsets import eval_prompts
+    from herd.sdg.instruct import read_seeds, self_instruct
+    from herd.train.rejection import write_jsonl
+
+    if args.n < 1 or args.concurrency < 1 or args.shots < 1:
+        raise HerdError("-n, --shots and --concurrency must be >= 1")
+    seeds = read_seeds(args.seeds)
+    sets = [] if args.decontaminate.strip().lower() == "none" else \
+        [x.strip() for x in args.decontaminate.split(",") if x.strip()]
+    decon = filters.Decontaminator(eval_prompts(sets)) if sets else None
+    gen, models = _generator(args)
+    try:
+        with tqdm(total=args.n, unit="instruction", desc="self-instruct", file=sys.stderr, dynamic_ncols=True) as bar:
+            result = asyncio.run(self_instruct(gen, seeds, n=args.n, seed=args.seed, shots=args.shots,
+                                               temperature=args.temperature, near_duplicate=args.near_duplicate,
+                                               concurrency=args.concurrency, progress=bar.update))
+    finally:
+        if models is not None:
+            models.shutdown()
+    rows = result.dialogs
+    flagged = decon.check(rows) if decon else {}
+    rows = [r for k, r in enumerate(rows) if k not in flagged]
+    write_jsonl(args.out, rows)
+    summary = {"out": str(args.out), "dialogs": len(rows), "instructions": len(result.instructions),
+               "filtered": {**result.counts, "contaminated": len(flagged)}, "decontaminated_against": sets}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{len(rows)} dialogs -> {args.out}; {summary['filtered']}")
+    return 0
 
 
 def _tools(args: argparse.Namespace) -> int:
@@ -74,6 +167,12 @@ def _tools(args: argparse.Namespace) -> int:
         raise HerdError("--base-url needs --api-model (the model's name there)")
     tools = read_tools(args.tools)
     stubs = load_stubs(args.stubs)
+    from herd.tokenizer.messages import to_tools
+
+    missing = [d.tool_name for d in to_tools(tools) if d.tool_name not in stubs]
+    if missing:
+        raise HerdError(f"no stub implementation for {', '.join(missing)} (define a function of that name in "
+                        f"{args.stubs})")
     sets = [] if args.decontaminate.strip().lower() == "none" else \
         [x.strip() for x in args.decontaminate.split(",") if x.strip()]
     decon = filters.Decontaminator(eval_prompts(sets)) if sets else None  # bad set names fail before the model
@@ -83,22 +182,12 @@ def _tools(args: argparse.Namespace) -> int:
         with tqdm(total=args.n, unit="dialog", desc="sdg tools", file=sys.stderr, dynamic_ncols=True) as bar:
             return await generate_tool_dialogs(gen, tools, stubs, n=args.n, seed=args.seed,
                                                temperature=args.temperature, no_tool_share=args.no_tool_share,
-                                               concurrency=args.concurrency, progress=bar.update)
+                                               concurrency=args.concurrency, requests=args.requests,
+                                               progress=bar.update)
 
-    models = None
+    gen, models = _generator(args)
     try:
-        if args.base_url:
-            from herd.generator_http import OpenAIGenerator
-
-            key = args.api_key or os.environ.get("OPENAI_API_KEY")
-            result = asyncio.run(run(OpenAIGenerator(args.base_url, args.api_model, api_key=key)))
-        else:
-            from herd.cli.eval import load_registry, local_generator
-            from herd import hub
-
-            ref = args.model or hub.DEFAULT_MODEL
-            models = load_registry([ref], args.seed)
-            result = asyncio.run(run(local_generator(models, ref)))
+        result = asyncio.run(run(gen))
     finally:
         if models is not None:
             models.shutdown()

@@ -97,6 +97,16 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 
     rs = actions.add_parser("rejection-sample", help="N answers per prompt, verified; the best kept as SFT data",
                             epilog=RS_EPILOG, formatter_class=fmt)
+    add_rejection_options(rs)
+    _config_option(rs)
+    for method, sp in actions.choices.items():
+        sp.set_defaults(method_parser=sp, required=REQUIRED.get(method, ("data", "out")))
+    p.set_defaults(handler=cmd_train, train_parser=p)
+    return p
+
+
+def add_rejection_options(rs: argparse.ArgumentParser) -> None:
+    """rejection-sample's options (also `herd sdg rejection`)."""
     rs.add_argument("--model", "-m", default=None,
                     help="the model, in-process (default: the embedded smollm2-135m-instruct); or --base-url")
     rs.add_argument("--base-url", default=None, metavar="URL",
@@ -121,11 +131,6 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     rs.add_argument("--seed", type=int, default=0)
     rs.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     rs.add_argument("--json", action="store_true", help="print a summary object at the end")
-    _config_option(rs)
-    for method, sp in actions.choices.items():
-        sp.set_defaults(method_parser=sp, required=REQUIRED.get(method, ("data", "out")))
-    p.set_defaults(handler=cmd_train, train_parser=p)
-    return p
 
 
 def _common(p: argparse.ArgumentParser, data_help: str, many: bool = False) -> None:
@@ -267,11 +272,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     apply_config(args)
     if args.train_action == "rejection-sample":
-        return _rejection_sample(args)
+        return run_rejection_sample(args)
     return _train(args)
 
 
-def _rejection_sample(args: argparse.Namespace) -> int:
+def run_rejection_sample(args: argparse.Namespace) -> int:
     import asyncio
     import json
     import os

@@ -70,7 +70,7 @@ def exact_dedupe(rows: Sequence[dict[str, Any]], text: TextFn = prompt_text,
     return out
 
 
-def _shingles(text: str, k: int = 3) -> set[str]:
+def shingles(text: str, k: int = 3) -> set[str]:
     w = words(text)
     if len(w) < k:
         return {" ".join(w)} if w else set()
@@ -112,14 +112,14 @@ def near_dedupe(rows: Sequence[dict[str, Any]], text: TextFn = prompt_text, repo
     mh = MinHash(num_perm, seed)
     buckets: list[dict[bytes, list[int]]] = [defaultdict(list) for _ in range(bands)]
     kept: list[int] = []
-    shingles: list[set[str]] = []
+    seen: list[set[str]] = []
     for i, r in enumerate(rows):
-        sh = _shingles(text(r))
-        shingles.append(sh)
+        sh = shingles(text(r))
+        seen.append(sh)
         sig = mh.signature(sh)
         keys = [sig[b * rows_per_band:(b + 1) * rows_per_band].tobytes() for b in range(bands)]
         candidates = {j for b, key in enumerate(keys) for j in buckets[b].get(key, ())}
-        if any(jaccard(sh, shingles[j]) >= threshold for j in candidates):
+        if any(jaccard(sh, seen[j]) >= threshold for j in candidates):
             continue
         kept.append(i)
         for b, key in enumerate(keys):

@@ -11,8 +11,11 @@ grammar, then writes a message asking for them) or, for `no_tool_share` of them,
 call, with the tool named in `tool_choice`, so the engine's JSON-schema grammar makes every call match its
 schema (checked again with jsonschema; an endpoint without grammars may fail it, and the dialog is then
 dropped and counted), and every required string or number argument must appear in the request (a value
-the model made up is not a call to learn); (3) the result, by running the user's stub implementation with the arguments (a
-stub that raises drops the dialog: "checked by execution"); (4) the final answer given the result. The
+the model made up is not a call to learn) — or, with requests="template" (for small models that write poor
+requests), the request is written from the invented values by templates and the invented call is the
+call; (3) the result, by running the user's stub implementation with the arguments (a
+stub that raises drops the dialog: "checked by execution"); (4) the final answer given the result, which must state at least
+one value of the result. The
 dialogs are in `herd train`'s chat format: {"messages": [user, assistant tool_calls, tool, assistant],
 "tools": [...]}, and the requests then go through herd/sdg/filters.py (duplicates, length, language,
 decontamination against evaluation sets), each step counted in the summary.
@@ -108,9 +111,32 @@ async def _ask(gen: Generator, prompt: str, *, temperature: float, seed: int, ma
     return result.message.content
 
 
+OPENERS = ("", "Hi! ", "Hey, ", "Hello. ", "Quick one: ", "Morning! ", "Sorry to bother you, ")
+TEMPLATES = ("{opener}Can you {verb} with {pairs}?", "{opener}I want to {verb}: {colon_pairs}.",
+             "{opener}Please {verb} for me. {sentences}", "{opener}Could you {verb}? {sentences}",
+             "{opener}{Verb}, {pairs}.", "{opener}I need to {verb} ({colon_pairs}).")
+
+
+def template_request(tool: ToolDefinition, arguments: dict[str, Any], rng: random.Random) -> str:
+    """A user request written from the call's values by templates (no model): varied openers and phrasings
+    around the tool's name as a verb ("get_weather" -> "get weather") and every argument by name."""
+    verb = " ".join(tool.tool_name.replace(".", "_").split("_")).strip().lower() or "use the tool"
+    items = [(k.replace("_", " "), v if isinstance(v, str) else json.dumps(v)) for k, v in arguments.items()]
+    rng.shuffle(items)
+    pairs = " and ".join(f"{k} {v}" for k, v in items) if items else "the defaults"
+    colon = ", ".join(f"{k}: {v}" for k, v in items) if items else "no details"
+    sentences = " ".join(f"The {k} is {v}." for k, v in items)
+    opener = rng.choice(OPENERS)
+    body = rng.choice(TEMPLATES).format(opener="", verb=verb, Verb=verb[:1].upper() + verb[1:], pairs=pairs,
+                                        colon_pairs=colon, sentences=sentences)
+    if opener.endswith(", "):  # "Hey, can you ..."
+        body = body[:1].lower() + body[1:]
+    return " ".join((opener + body).split())
+
+
 async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[ToolDefinition], stubs: dict[str, Any],
                       index: int, *, tool: ToolDefinition | None, seed: int, temperature: float,
-                      result: ToolSDGResult) -> dict[str, Any] | None:
+                      result: ToolSDGResult, requests: str = "model") -> dict[str, Any] | None:
     import jsonschema
 
     rng = random.Random(seed * 1_000_003 + index)
@@ -131,7 +157,10 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         values = "; ".join(f"{k}: {v}" for k, v in invented.message.tool_calls[0].arguments.items())
         prompt = (f"Write the message that {persona} sends to an AI assistant to ask for this: "
                   f"{tool.description} ({values}). Mention every value. Be {style}. Write only the message.")
-    request = _clean_request(await _ask(gen, prompt, temperature=temperature, seed=seed + index, max_tokens=96))
+    if tool is not None and requests == "template":
+        request = template_request(tool, invented.message.tool_calls[0].arguments, rng)
+    else:
+        request = _clean_request(await _ask(gen, prompt, temperature=temperature, seed=seed + index, max_tokens=96))
     if not request:
         result.count("empty_request")
         return None
@@ -146,9 +175,12 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
             result.count("empty_answer")
             return None
         return {"messages": [user, {"role": "assistant", "content": answer.message.content.strip()}], "tools": tools}
-    called = await complete(gen, ChatRequest([Message("user", request)], defs, tool.tool_name, temperature=0.0,
-                                             max_tokens=192))
-    calls = called.message.tool_calls
+    if requests == "template":  # the request was written from the invented call: that call is its answer
+        calls = invented.message.tool_calls
+    else:
+        called = await complete(gen, ChatRequest([Message("user", request)], defs, tool.tool_name, temperature=0.0,
+                                                 max_tokens=192))
+        calls = called.message.tool_calls
     if len(calls) != 1 or calls[0].tool_name != tool.tool_name:
         result.count("no_call")
         return None
@@ -168,15 +200,22 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         return None
     call_id = f"call_{index}"
     tc = ToolCall(call_id, tool.tool_name, call.arguments)
-    history = [Message("user", request), Message("assistant", "", [tc]),
-               Message("tool", content, call_id=call_id)]
-    answer = await complete(gen, ChatRequest(history, defs, "none", temperature=0.0, max_tokens=160))
+    # the answer from the result in plain words, asked as a fresh question (a small model shown the call and
+    # the result as a dialog tends to write the call again)
+    answer = await complete(gen, ChatRequest(
+        [Message("user", f"A user asked an assistant: {request}\nThe assistant looked it up with the tool "
+                         f"{tool.tool_name}, which returned: {content}\nWrite the assistant's reply to the user: "
+                         "one or two plain sentences that give the result. No JSON.")],
+        temperature=0.0, max_tokens=160))
     text = answer.message.content.strip()
     if not text:
         result.count("empty_answer")
         return None
-    if text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text:
-        result.count("bad_answer", error=text[:200])  # the call repeated instead of an answer
+    if text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text or "returned:" in text:
+        result.count("bad_answer", error=text[:200])  # the call or the prompt repeated instead of an answer
+        return None
+    if not answer_uses(text, value):
+        result.count("ungrounded_answer", error=text[:200])  # says nothing the tool returned
         return None
     return {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [tc.to_openai()]},
                          {"role": "tool", "tool_call_id": call_id, "content": content},
@@ -185,8 +224,8 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
 
 async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stubs: dict[str, Any], *, n: int,
                                 seed: int = 0, temperature: float = 1.0, no_tool_share: float = 0.15,
-                                concurrency: int = 16, progress: Callable[[int], None] | None = None
-                                ) -> ToolSDGResult:
+                                concurrency: int = 16, requests: str = "model",
+                                progress: Callable[[int], None] | None = None) -> ToolSDGResult:
     """n attempted dialogs (see the module docstring); the ones that survive, with counts of the others."""
     defs = to_tools(tools)
     missing = [d.tool_name for d in defs if d.tool_name not in stubs]
@@ -194,6 +233,8 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
         raise HerdError(f"no stub implementation for {', '.join(missing)} (define a function of that name in --stubs)")
     if not 0.0 <= no_tool_share < 1.0:
         raise HerdError("no_tool_share must be in [0, 1)")
+    if requests not in ("model", "template"):
+        raise HerdError(f"requests must be 'model' or 'template', got {requests!r}")
     result = ToolSDGResult()
     rng = random.Random(seed)
     plan: list[ToolDefinition | None] = []
@@ -205,7 +246,7 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
         async with gate:
             try:
                 return await make_dialog(gen, tools, defs, stubs, i, tool=tool, seed=seed, temperature=temperature,
-                                         result=result)
+                                         result=result, requests=requests)
             except HerdError as e:  # e.g. the request does not fit the model's context
                 result.count("model_error", error=str(e))
                 return None
@@ -237,6 +278,25 @@ def ungrounded(request: str, arguments: dict[str, Any], tool: ToolDefinition) ->
         elif isinstance(value, str) and " ".join(value.lower().split()) not in low:
             out.append(name)
     return out
+
+
+def _scalars(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _scalars(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _scalars(v)]
+    if isinstance(value, bool) or value is None:
+        return []
+    return [str(value)]
+
+
+def answer_uses(answer: str, result: Any) -> bool:
+    """Whether the answer states at least one value of the tool result (a number or a string of 2+
+    characters; a plain-text result: any of its words of 4+ letters)."""
+    low = answer.lower()
+    if isinstance(result, str):
+        return any(w.lower() in low for w in result.split() if len(w) >= 4) or not result.strip()
+    return any(x.lower() in low for x in _scalars(result) if len(x) >= 2 or x.isdigit())
 
 
 def calls_valid(dialog: dict[str, Any]) -> bool:

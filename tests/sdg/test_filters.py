@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from herd.sdg.filters import (Decontaminator, FilterReport, _shingles, exact_dedupe, jaccard, language_filter,
+from herd.sdg.filters import (Decontaminator, FilterReport, shingles, exact_dedupe, jaccard, language_filter,
                               length_filter, near_dedupe, prompt_text)
 
 VOCAB = ("weather forecast city booking table restaurant flight ticket price stock currency convert meters feet "
@@ -16,8 +16,8 @@ VOCAB = ("weather forecast city booking table restaurant flight ticket price sto
 def brute_force(rows, threshold):
     kept = []
     for i, r in enumerate(rows):
-        sh = _shingles(prompt_text(r))
-        if all(jaccard(sh, _shingles(prompt_text(rows[j]))) < threshold for j in kept):
+        sh = shingles(prompt_text(r))
+        if all(jaccard(sh, shingles(prompt_text(rows[j]))) < threshold for j in kept):
             kept.append(i)
     return [rows[i] for i in kept]
 

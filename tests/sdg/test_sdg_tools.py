@@ -1,0 +1,188 @@
+"""`herd sdg tools` end to end with the embedded model: every kept call validates against its schema, its
+tool result is the stub's real output and its answer states a value of it, the counts add up, the dialogs
+load as herd train data; self-instruct makes distinct instructions; `herd sdg rejection` is `herd train
+rejection-sample`; the
+decontamination filter flags a planted BFCL prompt (real BFCL data); bad input is one line. The >= 200
+dialog run is marked slow."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                      "parameters": {"type": "object", "properties": {
+                                          "city": {"type": "string"},
+                                          "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                                          "required": ["city"]}}},
+    {"type": "function", "function": {"name": "convert_currency", "description": "Convert money between currencies",
+                                      "parameters": {"type": "object", "properties": {
+                                          "amount": {"type": "number"}, "from_currency": {"type": "string"},
+                                          "to_currency": {"type": "string"}},
+                                          "required": ["amount", "from_currency", "to_currency"]}}},
+    {"type": "function", "function": {"name": "book_table", "description": "Book a restaurant table",
+                                      "parameters": {"type": "object", "properties": {
+                                          "restaurant": {"type": "string"}, "people": {"type": "integer", "minimum": 1},
+                                          "time": {"type": "string"}}, "required": ["restaurant", "people", "time"]}}},
+]
+STUBS = '''
+def get_weather(city, unit="celsius"):
+    return {"city": city, "temperature": 21 if unit == "celsius" else 70, "unit": unit}
+
+def convert_currency(amount, from_currency, to_currency):
+    return {"amount": round(amount * 1.1, 2), "currency": to_currency}
+
+def book_table(restaurant, people, time):
+    return {"confirmed": True, "restaurant": restaurant, "people": people, "time": time}
+'''
+
+
+def herd_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "herd.cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800)
+
+
+@pytest.fixture()
+def files(tmp_path):
+    tools, stubs = tmp_path / "tools.json", tmp_path / "stubs.py"
+    tools.write_text(json.dumps(TOOLS))
+    stubs.write_text(STUBS)
+    return tools, stubs
+
+
+def check_run(tmp_path, tools, stubs, n: int) -> tuple[dict, list[dict]]:
+    out = tmp_path / "dialogs.jsonl"
+    r = herd_cli("sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", str(n), "--requests",
+                 "template", "--concurrency", "32", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    dialogs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert summary["dialogs"] == len(dialogs)
+    gen = summary["generation"]
+    assert gen["attempted"] == n
+    dropped = sum(v for k, v in gen.items() if k not in ("attempted", "generated"))
+    assert gen["generated"] + dropped == n
+    assert gen["generated"] - sum(summary["filtered"].values()) == len(dialogs)
+    assert summary["decontaminated_against"] == ["humaneval", "bfcl"]
+    spec = importlib.util.spec_from_file_location("stubs_for_test", stubs)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for d in dialogs:
+        msgs = d["messages"]
+        assert msgs[0]["role"] == "user" and msgs[-1]["role"] == "assistant" and msgs[-1]["content"]
+        for m in msgs:
+            for c in m.get("tool_calls") or []:
+                args = json.loads(c["function"]["arguments"])
+                jsonschema.validate(args, schemas[c["function"]["name"]])  # every call validates
+                result = next(x for x in msgs if x["role"] == "tool" and x["tool_call_id"] == c["id"])
+                value = json.loads(json.dumps(getattr(module, c["function"]["name"])(**args)))
+                assert json.loads(result["content"]) == value  # the stub's real output
+                assert any(str(x).lower() in msgs[-1]["content"].lower() for x in value.values()
+                           if not isinstance(x, bool))  # the answer states part of it
+                for name in schemas[c["function"]["name"]]["required"]:  # grounded in the request
+                    v = args[name]
+                    assert (v if isinstance(v, str) else json.dumps(v)).lower() in msgs[0]["content"].lower()
+    # the dialogs are herd train sft data
+    from herd import hub
+    from herd.tokenizer.prompter import Prompter
+    from herd.train.data import DataStats, chat_examples
+
+    stats = DataStats()
+    examples = list(chat_examples(out, Prompter(hub.load_tokenizer_for(hub.resolve(None))), max_seq_len=4096,
+                                  stats=stats))
+    assert len(examples) == len(dialogs) and stats.trained_tokens > 0
+    return summary, dialogs
+
+
+def test_tool_dialogs_validate_and_count(files, tmp_path):
+    summary, dialogs = check_run(tmp_path, *files, n=24)
+    # the 135M model's answers often ignore the result (dropped, counted): a few dialogs survive
+    assert len(dialogs) >= 3 and summary["generation"].get("ungrounded_answer", 0) > 0
+    assert sum(1 for d in dialogs if any(m.get("tool_calls") for m in d["messages"])) >= 2
+
+
+@pytest.mark.slow
+def test_two_hundred_dialogs(files, tmp_path):
+    summary, dialogs = check_run(tmp_path, *files, n=1000)  # ~25 % of the 135M model's attempts survive
+    assert len(dialogs) >= 200, summary
+    assert set(summary["tools"]) >= {"get_weather", "convert_currency", "book_table"}
+
+
+def test_decontamination_flags_a_planted_bfcl_prompt():
+    from herd.eval.harness import make_task
+    from herd.eval.task import TaskOptions
+    from herd.sdg.evalsets import eval_prompts
+    from herd.sdg.filters import Decontaminator
+
+    sample = make_task("bfcl", TaskOptions(categories=["simple_python"], limit=5)).load()[3]
+    planted = next(m["content"] for m in sample.data["question"][0] if m["role"] == "user")
+    rows = [{"messages": [{"role": "user", "content": "Can you get weather with city Paris?"}]},
+            {"messages": [{"role": "user", "content": f"Hi! {planted}"}]},
+            {"messages": [{"role": "user", "content": "Please book table for me. The people is 2."}]}]
+    hits = Decontaminator(eval_prompts(["humaneval", "bfcl"])).check(rows)
+    assert list(hits) == [1]
+
+
+@pytest.mark.parametrize("which, words", [
+    ("tools", "cannot read tool definitions"), ("stubs", "no stub implementation for book_table"),
+    ("set", "unknown evaluation set 'mmlu'"),
+])
+def test_bad_input_is_one_line(files, tmp_path, which, words):
+    tools, stubs = files
+    args = ["sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", "2", "--out", str(tmp_path / "o.jsonl")]
+    if which == "tools":
+        tools.write_text("{not json")
+    elif which == "stubs":
+        stubs.write_text(STUBS.split("def book_table")[0])
+    else:
+        args += ["--decontaminate", "humaneval,mmlu"]
+    r = herd_cli(*args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_self_instruct_makes_new_distinct_instructions(tmp_path):
+    from herd.sdg.filters import jaccard, shingles
+
+    seeds = ["Write a haiku about autumn leaves.", "Explain what a prime number is to a child.",
+             "List three tips for a job interview.", "Translate 'good morning' into French and Spanish."]
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps({"instruction": s}) + "\n" for s in seeds))
+    out = tmp_path / "instruct.jsonl"
+    r = herd_cli("sdg", "instruct", "--seeds", str(tmp_path / "seeds.jsonl"), "-n", "6", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert summary["dialogs"] == len(rows) and rows and summary["filtered"]["attempts"] >= summary["instructions"]
+    made = [d["messages"][0]["content"] for d in rows]
+    pool = [shingles(s) for s in seeds]
+    for text in made:  # each new instruction differs from the seeds and from the others made before it
+        sh = shingles(text)
+        assert all(jaccard(sh, other) < 0.7 for other in pool), text
+        pool.append(sh)
+        assert 3 <= len(text.split()) <= 80
+    assert all(d["messages"][1]["role"] == "assistant" and d["messages"][1]["content"] for d in rows)
+
+
+def test_sdg_rejection_is_train_rejection_sample(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say the number {i}."}],
+                                           "pattern": str(i)}) + "\n" for i in range(3)))
+    outs = []
+    for cmd in (("sdg", "rejection"), ("train", "rejection-sample")):
+        out = tmp_path / f"{cmd[0]}.jsonl"
+        r = herd_cli(*cmd, "--data", str(prompts), "--out", str(out), "-n", "2", "--verifier", "regex",
+                     "--min-score", "0", "--max-tokens", "12", "--json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and outs[0].count("\n") == 3
