@@ -101,3 +101,27 @@ def test_a_global_batch_the_processes_cannot_share_is_an_error(setup, tmp_path):
                           "processes (2)") == 2, r.stderr[-3000:]
     assert "exitcode  : 2" in r.stderr and "[rank0]: Traceback" not in r.stderr
     assert not (tmp_path / "out" / "merged").exists()
+
+
+def test_dpo_on_two_processes_is_dpo_on_one(setup, tmp_path):
+    model, _ = setup
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Say yes {i}"}],
+                                         "chosen": [{"role": "assistant", "content": "Yes."}],
+                                         "rejected": [{"role": "assistant", "content": "No way."}]}) + "\n"
+                             for i in range(8)))
+    args = ["--model", str(model), "--data", str(prefs), "--max-steps", "4", "--batch-size", "2", "--max-seq-len",
+            "256", "--lr", "1e-3", "--lora-rank", "4", "--json"]
+    runs = []
+    for nproc in (1, 2):
+        out = tmp_path / f"dpo{nproc}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        launch = ([sys.executable, "-m", "herd.cli.main"] if nproc == 1 else
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "herd.cli"])
+        r = subprocess.run([*launch, "train", "dpo", *args, "--out", str(out)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(losses(out))
+    assert len(runs[0]) == 4 and runs[0][-1] < runs[0][0]
+    assert max(abs(a - b) for a, b in zip(*runs)) < 1e-4, runs
