@@ -51,7 +51,8 @@ RS_EPILOG = """examples:
       --min-score 0.7
 prompts: one JSON object per line, {"messages": [...ending with the user's turn...], "tools": [...]?} plus
 what the verifier reads: exact: "answer" (string or list); regex: "pattern"; json_schema: "schema";
-tool_call: "expected_tool_calls" ([{"name", "arguments"}]); judge: nothing (a model grades 1-10).
+tool_call: "expected_tool_calls" ([{"name", "arguments"}]); unit_tests: "tests" (Python run after the reply's
+code in herd's sandbox); judge: nothing (a model grades 1-10).
 The Llama 3.1 post-training loop as three commands: rejection-sample -> train sft -> train dpo.
 """
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -119,8 +120,9 @@ def add_rejection_options(rs: argparse.ArgumentParser) -> None:
     rs.add_argument("--pairs-out", default=None, metavar="FILE",
                     help="also best-vs-worst preference pairs (for herd train dpo)")
     rs.add_argument("-n", type=int, default=4, help="samples per prompt (default 4)")
-    rs.add_argument("--verifier", choices=["exact", "regex", "json_schema", "tool_call", "judge"],
+    rs.add_argument("--verifier", choices=["exact", "regex", "json_schema", "tool_call", "unit_tests", "judge"],
                     help="how an answer is scored; required")
+    rs.add_argument("--timeout", type=float, default=10.0, help="unit_tests: seconds per program (default 10)")
     rs.add_argument("--rubric", default="correct, helpful and concise", help="what the judge looks for")
     rs.add_argument("--judge-model", default=None, metavar="NAME",
                     help="the judge's model name at --base-url (default: the sampled model)")
@@ -292,7 +294,14 @@ def run_rejection_sample(args: argparse.Namespace) -> int:
         raise HerdError(f"--data {args.data}: no prompts")
 
     async def run(gen: Any, judge_gen: Any) -> Any:
-        verifier = judge(judge_gen, args.rubric) if args.verifier == "judge" else VERIFIERS[args.verifier]
+        if args.verifier == "judge":
+            verifier = judge(judge_gen, args.rubric)
+        elif args.verifier == "unit_tests":
+            from herd.eval.verifiers import unit_tests
+
+            verifier = unit_tests(timeout=args.timeout)
+        else:
+            verifier = VERIFIERS[args.verifier]
         from tqdm import tqdm
 
         with tqdm(total=len(records), unit="prompt", desc="rejection sampling", file=sys.stderr) as bar:
