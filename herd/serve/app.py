@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
 from herd.errors import HerdError
-from herd.serve import post_training, stored, vector_stores
+from herd.serve import eval_routes, post_training, stored, vector_stores
 from herd.serve import tools as tool_runtime
 from herd.serve.config import ServerConfig
 from herd.serve.errors import APIError, api_error_response, error_body
@@ -125,12 +125,16 @@ def create_app(registry: ModelRegistry, config: ServerConfig | None = None) -> F
         await tool_runtime.start(app.state.tools, app.state.tool_runtime)  # MCP servers: connect, restore
         await asyncio.to_thread(vector_stores.start, app)  # files left in progress: ingested again
         await asyncio.to_thread(post_training.start, app)  # training jobs: adopted, settled or resumed
+        await eval_routes.start(app)  # eval jobs an earlier server left unfinished: reported failed
         yield
+        await eval_routes.close(app)  # running eval jobs: stopped, reported failed
         await asyncio.to_thread(post_training.close, app)  # the jobs themselves go on
         await app.state.tools.close()  # sandbox processes, MCP connections
         await asyncio.to_thread(vector_stores.close, app)
         if getattr(app.state, "datasets", None) is not None:
             app.state.datasets.close()
+        if getattr(app.state, "scoring_functions", None) is not None:
+            app.state.scoring_functions.close()
         app.state.tool_runtime.store.close()
         registry.shutdown()
 

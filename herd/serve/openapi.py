@@ -28,19 +28,25 @@ SSE_EVENT: dict[str, Any] = {
 STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/inference/chat-completion", "/v1/inference/completion",
              "/v1/responses", "/v1/agents/{agent_id}/session/{session_id}/turn",
              "/v1/agents/{agent_id}/session/{session_id}/turn/{turn_id}/resume"}
-GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings"}
+# the scoring routes run judge models; evaluations and synthetic data generate
+GENERATING = STREAMING | {"/v1/embeddings", "/v1/inference/embeddings", "/v1/scoring/score", "/v1/scoring/score-batch",
+                          "/v1/eval/benchmarks/{benchmark_id}/evaluations", "/v1/synthetic-data-generation/generate"}
 SHIELDED = {"/v1/chat/completions", "/v1/inference/chat-completion", "/v1/safety/run-shield", "/v1/moderations"}
 OPEN = {"/v1/health"}
 # registering an id that exists (differently); a job_uuid taken; cancelling a job that has ended
 CONFLICTING = {"/v1/vector-dbs", "/v1/datasets", "/v1/post-training/supervised-fine-tune",
-               "/v1/post-training/preference-optimize", "/v1/post-training/job/cancel"}
+               "/v1/post-training/preference-optimize", "/v1/post-training/job/cancel", "/v1/scoring-functions",
+               "/v1/eval/benchmarks"}
+# (path, method) of other 409s: an eval job cancelled after it ended, its result asked for before it completed
+CONFLICTING_OPS = {("/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}", "delete"),
+                   ("/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}/result", "get")}
 REASONS = {
     400: "Bad request: invalid JSON, a field of the wrong type or value (param names it)",
     401: "Missing or invalid API key (when the server has one)",
     404: "Unknown model, shield or resource; the message lists what exists",
     408: "The request body did not arrive within server.body_timeout",
-    409: "The resource exists already (a dataset id, a job_uuid; a vector DB with another embedding model), or a "
-         "training job to cancel has ended",
+    409: "The resource exists already (a dataset id, a job_uuid, a benchmark or scoring function id; a vector DB "
+         "with another embedding model), a job to cancel has ended, or an eval job's result is not ready",
     413: "The request body is over server.max_request_bytes (an uploaded file: over rag.max_file_bytes)",
     415: "The request body is not JSON (Content-Type must be application/json; file uploads: multipart/form-data)",
     429: "The model's queue is full (limits.max_waiting_requests / max_queued_tokens); see Retry-After",
@@ -70,7 +76,7 @@ def _statuses(path: str, method: str, op: dict[str, Any]) -> list[int]:
               for x in op.get("parameters", ()))
     if body or "{" in path or ids:  # a resource named in the path, the body or an `..._id` query parameter
         out.append(404)
-    if path in CONFLICTING and method == "post":
+    if path in CONFLICTING and method == "post" or (path, method) in CONFLICTING_OPS:
         out.append(409)
     if path in GENERATING and method == "post":
         out += [429, 504]

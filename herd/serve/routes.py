@@ -27,11 +27,14 @@ from herd.serve import (
     completions,
     datasets,
     embeddings,
+    eval_routes,
     models,
     post_training,
     responses,
     safety,
+    scoring,
     stored,
+    synthetic_data,
     unserved,
     vector_stores,
 )
@@ -736,6 +739,108 @@ async def cancel_training_job(body: p.TrainingJobRequest, request: Request) -> N
     await post_training.cancel(request.app, body.job_uuid)
 
 
+# ---- Llama Stack scoring, eval and synthetic data (herd/serve/scoring.py, eval_routes.py, synthetic_data.py) --
+
+evaluation_routes = APIRouter(prefix="/v1", tags=["eval"])
+_BENCH = "/eval/benchmarks/{benchmark_id:path}"
+
+
+@evaluation_routes.get("/scoring-functions", response_model=p.ScoringFnList)
+async def list_scoring_functions(request: Request) -> dict[str, Any]:
+    """The built-in scoring functions (basic::*, llm-as-judge::base) and those registered."""
+    return await scoring.list_functions(request.app)
+
+
+@evaluation_routes.post("/scoring-functions")
+async def register_scoring_function(body: p.RegisterScoringFnRequest, request: Request) -> None:
+    """Register a built-in with preset params under a new id (kept across restarts)."""
+    await scoring.register_function(request.app, body)
+
+
+@evaluation_routes.get("/scoring-functions/{scoring_fn_id:path}", response_model=p.ScoringFnResource)
+async def get_scoring_function(scoring_fn_id: str, request: Request) -> dict[str, Any]:
+    return await scoring.get_function(request.app, scoring_fn_id)
+
+
+@evaluation_routes.delete("/scoring-functions/{scoring_fn_id:path}")
+async def unregister_scoring_function(scoring_fn_id: str, request: Request) -> None:
+    """Remove a registered scoring function (built-ins: 400)."""
+    await scoring.unregister_function(request.app, scoring_fn_id)
+
+
+@evaluation_routes.post("/scoring/score", response_model=p.ScoreResponse)
+async def score(body: p.ScoreRequest, request: Request) -> dict[str, Any]:
+    """Score rows (generated_answer, expected_answer, input_query) with each function: score_rows and aggregates."""
+    ctx = context(request, "score", native=True)
+    return await scoring.score(request.app, body, ctx)
+
+
+@evaluation_routes.post("/scoring/score-batch", response_model=p.ScoreBatchResponse)
+async def score_batch(body: p.ScoreBatchRequest, request: Request) -> dict[str, Any]:
+    """Score a registered dataset's rows; save_results_dataset registers the scored rows as a new dataset."""
+    ctx = context(request, "score", native=True)
+    return await scoring.score_batch(request.app, _datasets(request), body, ctx)
+
+
+@evaluation_routes.get("/eval/benchmarks", response_model=p.BenchmarkList)
+async def list_benchmarks(request: Request) -> dict[str, Any]:
+    return await eval_routes.list_benchmarks(request.app)
+
+
+@evaluation_routes.post("/eval/benchmarks")
+async def register_benchmark(body: p.RegisterBenchmarkRequest, request: Request) -> None:
+    """Register a benchmark: a dataset and the scoring functions that grade it (kept across restarts)."""
+    await eval_routes.register_benchmark(request.app, _datasets(request), body)
+
+
+@evaluation_routes.post(_BENCH + "/jobs", response_model=p.EvalJob)
+async def run_eval(benchmark_id: str, body: p.RunEvalRequest, request: Request) -> dict[str, Any]:
+    """Evaluate a model on the benchmark in the background: {job_id, status}."""
+    return await eval_routes.run_eval(request.app, _datasets(request), benchmark_id, body)
+
+
+@evaluation_routes.post(_BENCH + "/evaluations", response_model=p.EvaluateResponse)
+async def evaluate_rows(benchmark_id: str, body: p.EvaluateRowsRequest, request: Request) -> dict[str, Any]:
+    """Generate answers for the rows and score them, now: {generations, scores}."""
+    ctx = context(request, "eval", native=True)
+    return await eval_routes.evaluate_rows(request.app, benchmark_id, body, ctx)
+
+
+@evaluation_routes.get(_BENCH + "/jobs/{job_id}/result", response_model=p.EvaluateResponse)
+async def eval_job_result(benchmark_id: str, job_id: str, request: Request) -> dict[str, Any]:
+    """A completed job's {generations, scores} (409 before it completed)."""
+    return await eval_routes.job_result(request.app, benchmark_id, job_id)
+
+
+@evaluation_routes.get(_BENCH + "/jobs/{job_id}", response_model=p.EvalJob)
+async def eval_job_status(benchmark_id: str, job_id: str, request: Request) -> dict[str, Any]:
+    """{job_id, status}, with herd's times, progress and (failed) error."""
+    return await eval_routes.job_status(request.app, benchmark_id, job_id)
+
+
+@evaluation_routes.delete(_BENCH + "/jobs/{job_id}")
+async def cancel_eval_job(benchmark_id: str, job_id: str, request: Request) -> None:
+    """Cancel a scheduled or running job (409 for one that has ended)."""
+    await eval_routes.cancel_job(request.app, benchmark_id, job_id)
+
+
+@evaluation_routes.get(_BENCH, response_model=p.BenchmarkResource)  # after the job routes: the id is a path
+async def get_benchmark(benchmark_id: str, request: Request) -> dict[str, Any]:
+    return await eval_routes.get_benchmark(request.app, benchmark_id)
+
+
+@evaluation_routes.delete(_BENCH)
+async def unregister_benchmark(benchmark_id: str, request: Request) -> None:
+    await eval_routes.unregister_benchmark(request.app, benchmark_id)
+
+
+@evaluation_routes.post("/synthetic-data-generation/generate", response_model=p.SyntheticDataResponse)
+async def synthetic_data_generate(body: p.SyntheticDataRequest, request: Request) -> dict[str, Any]:
+    """Responses to each prompt, graded by a judge and filtered by filtering_function (herd/serve/synthetic_data.py)."""
+    ctx = context(request, "sdg", native=True)
+    return await synthetic_data.generate(_registry(request), body, ctx)
+
+
 # ---- operations (not in the API document) ------------------------------------------------------
 
 ops_routes = APIRouter(include_in_schema=False)
@@ -765,5 +870,6 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(rag_routes)
     app.include_router(data_routes)
     app.include_router(train_routes)
+    app.include_router(evaluation_routes)
     app.include_router(ops_routes)
     app.include_router(unserved.router)  # last: 501 for the known routes herd does not serve yet

@@ -19,11 +19,7 @@ OPENAI_PREFIXES = ("/v1", "/v1/openai/v1")  # Llama Stack 0.2 serves the OpenAI 
 # (path prefix, the API's name): the prefix and everything below it answer 501
 UNSERVED: tuple[tuple[str, str], ...] = (
     # Llama Stack 0.2 native APIs (STACK_API.md 1a) herd has no routes for yet
-    ("/v1/scoring", "scoring"),
-    ("/v1/scoring-functions", "scoring_functions"),
-    ("/v1/eval", "eval"),
     ("/v1/telemetry", "telemetry"),
-    ("/v1/synthetic-data-generation", "synthetic_data_generation"),
     ("/v1/inference/batch-chat-completion", "inference (batch)"),
     ("/v1/inference/batch-completion", "inference (batch)"),
     ("/v1/inference/rerank", "inference (rerank)"),

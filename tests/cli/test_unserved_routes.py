@@ -22,10 +22,10 @@ def _app() -> FastAPI:
 
 
 @pytest.mark.parametrize("method,path,api", [
-    ("POST", "/v1/scoring/score", "scoring"),
-    ("POST", "/v1/eval/benchmarks/b/jobs", "eval"),
     ("POST", "/v1/telemetry/events", "telemetry"),
-    ("POST", "/v1/synthetic-data-generation/generate", "synthetic_data_generation"),
+    ("GET", "/v1/telemetry/traces/t", "telemetry"),
+    ("POST", "/v1/inference/batch-chat-completion", "inference (batch)"),
+    ("POST", "/v1/inference/rerank", "inference (rerank)"),
     ("POST", "/v1/batches", "OpenAI batches"),
     ("GET", "/v1/openai/v1/fine_tuning/jobs", "OpenAI fine_tuning"),
     ("POST", "/v1alpha/eval/benchmarks/b/jobs", "Llama Stack v1alpha"),
@@ -44,9 +44,9 @@ def test_unknown_routes_stay_404() -> None:
     app.add_exception_handler(APIError, api_error_response)
     app.include_router(unserved.router)
     c = TestClient(app)
-    assert c.get("/v1/scoringx").status_code == 404
-    assert c.get("/v2/scoring").status_code == 404
-    assert c.post("/v1/scoring").status_code == 501
+    assert c.get("/v1/telemetryx").status_code == 404
+    assert c.get("/v2/telemetry").status_code == 404
+    assert c.post("/v1/telemetry").status_code == 501
 
 
 def test_no_served_route_is_listed_as_unserved() -> None:
