@@ -44,6 +44,7 @@ def test_reply_code_and_bad_records():
         asyncio.run(unit_tests()({}, Message("assistant", "def f(): pass")))
 
 
+@pytest.mark.slow
 def test_rejection_sampling_with_unit_tests(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "tests": t}) + "\n" for q, t in [

@@ -152,6 +152,7 @@ def test_bad_input_is_one_line(files, tmp_path, which, words):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_self_instruct_makes_new_distinct_instructions(tmp_path):
     from herd.sdg.filters import jaccard, shingles
 
@@ -174,6 +175,7 @@ def test_self_instruct_makes_new_distinct_instructions(tmp_path):
     assert all(d["messages"][1]["role"] == "assistant" and d["messages"][1]["content"] for d in rows)
 
 
+@pytest.mark.slow
 def test_sdg_rejection_is_train_rejection_sample(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say the number {i}."}],

@@ -73,6 +73,7 @@ def test_two_processes_train_as_one(setup, tmp_path):
     assert_same_tensors(one / "merged" / "model.safetensors", two / "merged" / "model.safetensors", 1e-5)
 
 
+@pytest.mark.slow
 def test_lora_checkpoint_of_one_process_resumes_on_two(setup, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     lora = ("--lr", "1e-2", "--lora-rank", "4", "--save-every", "5")
@@ -103,6 +104,7 @@ def test_a_global_batch_the_processes_cannot_share_is_an_error(setup, tmp_path):
     assert not (tmp_path / "out" / "merged").exists()
 
 
+@pytest.mark.slow
 def test_dpo_on_two_processes_is_dpo_on_one(setup, tmp_path):
     model, _ = setup
     prefs = tmp_path / "prefs.jsonl"

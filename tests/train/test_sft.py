@@ -184,6 +184,7 @@ def test_rejection_sample_command_in_process(tmp_path):
     assert r.returncode == 2 and "bad.jsonl:1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_dpo_and_pretrain_commands(tiny, tmp_path):
     """`herd train dpo` raises the chosen-vs-rejected margin; `herd train pretrain` lowers the text loss; both
     write their outputs."""
@@ -212,6 +213,7 @@ def test_dpo_and_pretrain_commands(tiny, tmp_path):
     assert (out / "merged" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_distill_command(tiny, data, tmp_path):
     """`herd train distill`: a student learns from a teacher with the same vocabulary (here the tiny model
     fine-tuned above stands in as the teacher of a differently seeded tiny model)."""
@@ -225,6 +227,7 @@ def test_distill_command(tiny, data, tmp_path):
     assert (out / "merged" / "model.safetensors").is_file() and json.loads((out / "distill.json").read_text())
 
 
+@pytest.mark.slow
 def test_qlora_command(tiny, data, tmp_path):
     """`--qlora int4`: the adapter trains over int4 blocks; merged/ is the dequantized base plus the adapter."""
     out = tmp_path / "qlora"
