@@ -315,12 +315,35 @@ def herd_worker(mode: str, spec: dict, data: dict) -> dict:
     return res
 
 
+def step_clock():
+    """A transformers TrainerCallback with the ends of the steps, the logged losses and the peak RSS."""
+    from transformers import TrainerCallback
+
+    class _Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.losses: list[float] = []
+            self.state = {"rss": 0.0}
+
+        def on_train_begin(self, args, st, control, **kw):
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, args, st, control, **kw):
+            self.ends.append(time.perf_counter())
+            self.state["rss"] = _rss_mb()
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return _Clock()
+
+
 def hf_worker(mode: str, spec: dict, data: dict) -> dict:
     import torch
     from transformers import (
         LlamaForCausalLM,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
     from transformers.utils import logging as hf_logging
@@ -364,21 +387,8 @@ def hf_worker(mode: str, spec: dict, data: dict) -> dict:
         seen.clear()
     model.train()
 
-    ends: list[float] = []
-    losses: list[float] = []
-    state = {"rss": 0.0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, st, control, **kw):
-            ends.append(time.perf_counter())
-
-        def on_step_end(self, args, st, control, **kw):
-            ends.append(time.perf_counter())
-            state["rss"] = _rss_mb()
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    clock = step_clock()
+    ends, losses, state = clock.ends, clock.losses, clock.state
 
     with tempfile.TemporaryDirectory(prefix="hf-train-bench-") as out:
         args = TrainingArguments(
@@ -390,7 +400,7 @@ def hf_worker(mode: str, spec: dict, data: dict) -> dict:
             use_cpu=True, seed=data["seed"], disable_tqdm=True, remove_unused_columns=False,
             label_names=["labels"])
         rss_before = _rss_mb()
-        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Clock()]).train()
+        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[clock]).train()
     # seen: the batches in the order the dataloader made them (it may run one ahead of the steps)
     res = _summary(ends, *(list(col) for col in zip(*seen)), spec["warmup"])
     res.update({"batch": f"{batch_size} dialog{'s' if batch_size != 1 else ''}, padded", "examples_per_step": batch_size,
@@ -404,7 +414,7 @@ def hf_worker(mode: str, spec: dict, data: dict) -> dict:
 def trl_worker(mode: str, spec: dict, data: dict) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import LlamaForCausalLM, TrainerCallback
+    from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
@@ -420,22 +430,9 @@ def trl_worker(mode: str, spec: dict, data: dict) -> dict:
     steps = spec["warmup"] + spec["steps"]
     dataset = Dataset.from_dict({"input_ids": [ids for ids, _ in data["examples"]],
                                  "labels": [labels for _, labels in data["examples"]]})
-    ends: list[float] = []
     seen: list[tuple[int, int]] = []  # per step: real tokens, trained targets
-    losses: list[float] = []
-    state = {"rss": 0.0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, st, control, **kw):
-            ends.append(time.perf_counter())
-
-        def on_step_end(self, args, st, control, **kw):
-            ends.append(time.perf_counter())
-            state["rss"] = _rss_mb()
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    clock = step_clock()
+    ends, losses, state = clock.ends, clock.losses, clock.state
 
     with tempfile.TemporaryDirectory(prefix="trl-train-bench-") as out:
         args = SFTConfig(
@@ -446,7 +443,7 @@ def trl_worker(mode: str, spec: dict, data: dict) -> dict:
             dataloader_pin_memory=False, use_cpu=True, seed=data["seed"], disable_tqdm=True,
             max_length=data["seq_len"], packing=True, packing_strategy="bfd")
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config,
-                             callbacks=[Clock()])
+                             callbacks=[clock])
         inner = trainer.compute_loss
 
         def counted(m, inputs, *a, **kw):  # the tokens of each step's packed sequence
