@@ -55,6 +55,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N items (BFCL: per category)")
     p.add_argument("--categories", default=None, help="bfcl: comma list of categories or groups (simple, "
                    "non_live, live, all)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip (and count) malformed rows of your --data instead of stopping at the first")
     p.add_argument("--out", default=None, metavar="DIR", help="where records and the summary go")
     p.add_argument("--json", action="store_true", help='print the summary {"task", "n", "metrics"} as JSON')
     gen = p.add_argument_group("generation")
@@ -124,7 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = TaskOptions(data=data, limit=args.limit,
                           categories=[c.strip() for c in args.categories.split(",")] if args.categories else None,
                           num_samples=args.num_samples, ks=_ks(args.k, args.num_samples), workers=args.workers,
-                          timeout=args.timeout, memory_mb=args.memory_mb, extra=extra)
+                          timeout=args.timeout, memory_mb=args.memory_mb, extra=extra,
+                          skip_bad_rows=args.skip_bad_rows)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     key = args.api_key or os.environ.get("OPENAI_API_KEY")
     label = args.api_model if args.base_url else (args.model or "smollm2-135m-instruct")
@@ -191,13 +194,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = run.summary
     if args.json:
         print(json.dumps({"task": summary["task"], "n": summary["n"], "metrics": summary["metrics"],
-                          "errors": summary["errors"], "partial": summary["partial"], "out": str(out)}))
+                          "errors": summary["errors"], "partial": summary["partial"],
+                          "skipped_rows": summary["skipped_rows"], "out": str(out)}))
     else:
         from herd.eval.harness import markdown
 
         print(markdown(summary), end="")
         print(f"\n{summary['n']} items in {summary['seconds']:.1f} s ({summary['samples_per_s']:.2f} samples/s); "
               f"records in {out}")
+    if summary["skipped_rows"]:
+        print(f"warning: {summary['skipped_rows']} malformed row(s) skipped, e.g. {summary['skipped_examples'][0]}",
+              file=sys.stderr)
     if summary["partial"]:
         print(f"warning: partial run: {summary['errors']} request(s) failed after {args.retries} retries "
               "(scored as failures)", file=sys.stderr)

@@ -228,8 +228,10 @@ async def evaluate(task: Task, cfg: RunConfig, *, generator: Generator | None = 
     errors = sum(1 for outs in outputs for o in outs if o.error)
     seconds = time.perf_counter() - t0
     n_outputs = sum(len(o) for o in outputs) or len(samples)
+    skipped = list(getattr(task, "skipped", []))
     summary = {"task": task.name, "n": len(samples), "metrics": {k: m.to_dict() for k, m in metrics.items()},
-               "errors": errors, "partial": errors > 0, "seconds": round(seconds, 2),
+               "errors": errors, "partial": errors > 0, "skipped_rows": len(skipped),
+               "skipped_examples": skipped[:10], "seconds": round(seconds, 2),
                "samples_per_s": round(n_outputs / max(seconds, 1e-9), 3),
                "config": {**asdict(cfg), "samples_file": str(samples_file) if samples_file else None,
                           "herd_version": _herd_version()}}

@@ -13,8 +13,9 @@ perplexity) implement `loglik_requests` instead of `chat_request` and are run on
 """
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -72,6 +73,7 @@ class TaskOptions:
     timeout: float = 10.0  # seconds per execution
     memory_mb: int = 1024  # memory limit per execution
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific (scorer, judge, rubric, ...)
+    skip_bad_rows: bool = False  # a bad row of the user's data: skipped and counted, instead of fatal
 
 
 @runtime_checkable
@@ -94,6 +96,32 @@ class Task(Protocol):
 
     def aggregate(self, samples: Sequence[Sample], scores: Sequence[Sequence[Score]]) -> dict[str, Metric]:
         """Metrics over the items; scores[i] holds item i's scores (one per repeat)."""
+
+
+def user_rows(path: Path, options: TaskOptions, skipped: list[str]) -> Iterator[tuple[str, Any]]:
+    """(file:line, record) of a JSONL file the user brought: a line that is not JSON is a DataError, or, with
+    options.skip_bad_rows, appended to `skipped` (its message) and passed over. Tasks check each record the
+    same way (`bad_row`)."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    with fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                bad_row(DataError(f"{where}: not valid JSON ({e.msg})"), options, skipped)
+
+
+def bad_row(error: DataError, options: TaskOptions, skipped: list[str]) -> None:
+    """Raise a bad row's error, or record it when the run skips bad rows."""
+    if not options.skip_bad_rows:
+        raise error
+    skipped.append(str(error))
 
 
 def mean_metric(values: Sequence[float]) -> Metric:

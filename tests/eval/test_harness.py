@@ -267,3 +267,19 @@ def test_multiple_choice_end_to_end(tiny, lm, tmp_path):
     assert summary["metrics"]["acc"]["value"] == pytest.approx(sum(want_acc) / 3)
     assert summary["metrics"]["acc_norm"]["value"] == pytest.approx(sum(want_norm) / 3)
     assert math.isfinite(summary["metrics"]["acc"]["stderr"])
+
+
+def test_bad_rows_are_fatal_or_skipped_and_counted(tiny, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi.", "answer": "hi"}) + "\n" + "{broken\n"
+                    + json.dumps({"prompt": "Say yes."}) + "\n" + json.dumps({"prompt": "Say no.", "answer": "no"}) + "\n")
+    r = herd_cli("eval", "generate", "--model", str(tiny), "--data", str(data), timeout=120)
+    assert r.returncode == 2 and "mixed.jsonl:2: not valid JSON" in r.stderr
+    r = herd_cli("eval", "generate", "--model", str(tiny), "--data", str(data), "--skip-bad-rows", "--max-tokens", "4",
+                 "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 2 and summary["skipped_rows"] == 2
+    assert "warning: 2 malformed row(s) skipped, e.g. " in r.stderr and "mixed.jsonl:2: not valid JSON" in r.stderr
+    full = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert full["skipped_examples"][1].endswith("mixed.jsonl:3: expected `answer` (a string or a list of strings)")

@@ -104,6 +104,7 @@ def check_run(tmp_path, tools, stubs, n: int) -> tuple[dict, list[dict]]:
     return summary, dialogs
 
 
+@pytest.mark.slow
 def test_tool_dialogs_validate_and_count(files, tmp_path):
     summary, dialogs = check_run(tmp_path, *files, n=24)
     # the 135M model's answers often ignore the result (dropped, counted): a few dialogs survive

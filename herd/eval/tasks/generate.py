@@ -17,7 +17,8 @@ from typing import Any
 
 from herd.errors import HerdError
 from herd.eval.scorers import SCORERS, LLMJudge, references
-from herd.eval.task import DataError, Metric, Output, Sample, Score, TaskOptions, mean_metric, read_jsonl
+from herd.eval.task import (DataError, Metric, Output, Sample, Score, TaskOptions, bad_row, mean_metric,
+                            user_rows)
 from herd.generator import ChatRequest
 from herd.tokenizer.messages import Message, to_messages, to_tools
 
@@ -40,33 +41,41 @@ class GenerateTask:
     def load(self) -> list[Sample]:
         out: list[Sample] = []
         seen: set[str] = set()
-        for where, rec in read_jsonl(self.options.data):
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object")
+        self.skipped: list[str] = []
+        for where, rec in user_rows(self.options.data, self.options, self.skipped):
             try:
-                messages = self._messages(rec)
-                to_tools(rec.get("tools"))
-            except HerdError as e:
-                raise DataError(f"{where}: {e}") from None
-            if not messages or messages[-1].role == "assistant":
-                raise DataError(f"{where}: the prompt must end with the user's turn")
-            if self.scorer in ("exact_match", "contains", "f1"):
-                try:
-                    references(rec)
-                except HerdError as e:
-                    raise DataError(f"{where}: {e}") from None
-            if self.scorer == "regex" and not isinstance(rec.get("pattern"), str):
-                raise DataError(f"{where}: the regex scorer needs a `pattern`")
-            if self.scorer == "json_schema_valid" and not isinstance(rec.get("schema"), dict):
-                raise DataError(f"{where}: the json_schema_valid scorer needs a `schema` object")
-            sid = str(rec.get("id", where.rsplit(":", 1)[-1]))
-            if sid in seen:
-                raise DataError(f"{where}: duplicate id {sid!r}")
-            seen.add(sid)
-            out.append(Sample(sid, {**rec, "_where": where}))
+                out.append(self._sample(where, rec, seen))
+            except DataError as e:
+                bad_row(e, self.options, self.skipped)
+                continue
             if self.options.limit is not None and len(out) >= self.options.limit:
                 break
         return out
+
+    def _sample(self, where: str, rec: Any, seen: set[str]) -> Sample:
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        try:
+            messages = self._messages(rec)
+            to_tools(rec.get("tools"))
+        except HerdError as e:
+            raise DataError(f"{where}: {e}") from None
+        if not messages or messages[-1].role == "assistant":
+            raise DataError(f"{where}: the prompt must end with the user's turn")
+        if self.scorer in ("exact_match", "contains", "f1"):
+            try:
+                references(rec)
+            except HerdError as e:
+                raise DataError(f"{where}: {e}") from None
+        if self.scorer == "regex" and not isinstance(rec.get("pattern"), str):
+            raise DataError(f"{where}: the regex scorer needs a `pattern`")
+        if self.scorer == "json_schema_valid" and not isinstance(rec.get("schema"), dict):
+            raise DataError(f"{where}: the json_schema_valid scorer needs a `schema` object")
+        sid = str(rec.get("id", where.rsplit(":", 1)[-1]))
+        if sid in seen:
+            raise DataError(f"{where}: duplicate id {sid!r}")
+        seen.add(sid)
+        return Sample(sid, {**rec, "_where": where})
 
     @staticmethod
     def _messages(rec: dict[str, Any]) -> list[Message]:

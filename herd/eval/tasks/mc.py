@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from herd.errors import HerdError
-from herd.eval.task import DataError, Metric, Output, Sample, Score, TaskOptions, mean_metric, read_jsonl
+from herd.eval.task import (DataError, Metric, Output, Sample, Score, TaskOptions, bad_row, mean_metric,
+                            user_rows)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -28,9 +29,14 @@ class MultipleChoiceTask:
 
     def load(self) -> list[Sample]:
         out: list[Sample] = []
-        for where, rec in read_jsonl(self.options.data):
-            out.append(Sample(str(rec.get("id", where.rsplit(":", 1)[-1])) if isinstance(rec, dict) else "",
-                              _checked(rec, where)))
+        self.skipped: list[str] = []
+        for where, rec in user_rows(self.options.data, self.options, self.skipped):
+            try:
+                out.append(Sample(str(rec.get("id", where.rsplit(":", 1)[-1])) if isinstance(rec, dict) else "",
+                                  _checked(rec, where)))
+            except DataError as e:
+                bad_row(e, self.options, self.skipped)
+                continue
             if self.options.limit is not None and len(out) >= self.options.limit:
                 break
         return out

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from herd.errors import HerdError
-from herd.eval.task import DataError, Metric, Output, Sample, Score, TaskOptions, mean_metric, read_jsonl
+from herd.eval.task import (DataError, Metric, Output, Sample, Score, TaskOptions, bad_row, mean_metric,
+                            user_rows)
 
 
 class PerplexityTask:
@@ -27,11 +28,14 @@ class PerplexityTask:
 
     def load(self) -> list[Sample]:
         path = self.options.data
+        self.skipped: list[str] = []
         if path.suffix in (".jsonl", ".json"):
             out = []
-            for where, rec in read_jsonl(path):
+            for where, rec in user_rows(path, self.options, self.skipped):
                 if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or not rec["text"]:
-                    raise DataError(f"{where}: expected an object with a non-empty `text`")
+                    bad_row(DataError(f"{where}: expected an object with a non-empty `text`"), self.options,
+                            self.skipped)
+                    continue
                 out.append(Sample(str(rec.get("id", where.rsplit(":", 1)[-1])), {"text": rec["text"]}))
         else:
             try:
