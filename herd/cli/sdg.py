@@ -58,6 +58,8 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--decontaminate", default="humaneval,bfcl",
                    help="evaluation sets to check against (comma list; 'none' to skip)")
     t.add_argument("--fail-on-contamination", action="store_true", help="exit 1 when any request overlaps")
+    t.add_argument("--judge-min-score", type=float, default=None, metavar="S",
+                   help="keep only dialogs whose answer the model, as a judge, scores >= S (0..1; off by default)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     i = actions.add_parser("instruct", help="self-instruct: new instructions from seed tasks, then answers",
                            description="Self-instruct from seed tasks: the model proposes new tasks from a few "
@@ -76,6 +78,8 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--concurrency", type=int, default=16)
     i.add_argument("--decontaminate", default="humaneval,bfcl")
+    i.add_argument("--judge-min-score", type=float, default=None, metavar="S",
+                   help="keep only answers the model, as a judge, scores >= S (0..1; off by default)")
     i.add_argument("--json", action="store_true")
     from herd.cli.train import RS_EPILOG, add_rejection_options
 
@@ -133,12 +137,20 @@ def _instruct(args: argparse.Namespace) -> int:
     sets = [] if args.decontaminate.strip().lower() == "none" else \
         [x.strip() for x in args.decontaminate.split(",") if x.strip()]
     decon = filters.Decontaminator(eval_prompts(sets)) if sets else None
+    if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
+        raise HerdError("--judge-min-score must be in 0..1")
+    report = filters.FilterReport()
     gen, models = _generator(args)
     try:
         with tqdm(total=args.n, unit="instruction", desc="self-instruct", file=sys.stderr, dynamic_ncols=True) as bar:
             result = asyncio.run(self_instruct(gen, seeds, n=args.n, seed=args.seed, shots=args.shots,
                                                temperature=args.temperature, near_duplicate=args.near_duplicate,
                                                concurrency=args.concurrency, progress=bar.update))
+        if args.judge_min_score is not None:
+            from herd.eval.scorers import LLMJudge
+
+            result.dialogs = asyncio.run(filters.judge_filter(result.dialogs, LLMJudge(gen), args.judge_min_score,
+                                                              report))
     finally:
         if models is not None:
             models.shutdown()
@@ -147,7 +159,8 @@ def _instruct(args: argparse.Namespace) -> int:
     rows = [r for k, r in enumerate(rows) if k not in flagged]
     write_jsonl(args.out, rows)
     summary = {"out": str(args.out), "dialogs": len(rows), "instructions": len(result.instructions),
-               "filtered": {**result.counts, "contaminated": len(flagged)}, "decontaminated_against": sets}
+               "filtered": {**result.counts, **report.counts, "contaminated": len(flagged)},
+               "decontaminated_against": sets}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -185,13 +198,20 @@ def _tools(args: argparse.Namespace) -> int:
                                                concurrency=args.concurrency, requests=args.requests,
                                                progress=bar.update)
 
+    if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
+        raise HerdError("--judge-min-score must be in 0..1")
+    report = filters.FilterReport()
     gen, models = _generator(args)
     try:
         result = asyncio.run(run(gen))
+        if args.judge_min_score is not None:
+            from herd.eval.scorers import LLMJudge
+
+            result.dialogs = asyncio.run(filters.judge_filter(result.dialogs, LLMJudge(gen), args.judge_min_score,
+                                                              report))
     finally:
         if models is not None:
             models.shutdown()
-    report = filters.FilterReport()
     rows = result.dialogs
     invalid = [d for d in rows if not calls_valid(d)]
     rows = [d for d in rows if calls_valid(d)]

@@ -196,3 +196,26 @@ class Decontaminator:
     def check(self, rows: Sequence[dict[str, Any]], text: TextFn = prompt_text) -> dict[int, str]:
         """{index: the overlapping n-gram} for every contaminated record."""
         return {i: g for i, r in enumerate(rows) if (g := self.overlap(text(r))) is not None}
+
+
+async def judge_filter(rows: Sequence[dict[str, Any]], judge: Any, min_score: float,
+                       report: FilterReport | None = None, concurrency: int = 8) -> list[dict[str, Any]]:
+    """Keep the dialogs whose last assistant answer an LLM judge (herd.eval.scorers.LLMJudge) scores at least
+    min_score (0..1, the judge's 1-10 scaled); an unreadable verdict counts as a failure. Each kept row gets
+    its `judge_score`."""
+    import asyncio
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def grade(row: dict[str, Any]) -> float | None:
+        answer = next((m.get("content") or "" for m in reversed(row.get("messages", []))
+                       if isinstance(m, dict) and m.get("role") == "assistant"), "")
+        async with gate:
+            score, _, _ = await judge(prompt_text(row), "", answer)
+        return score
+
+    scores = await asyncio.gather(*(grade(r) for r in rows))
+    out = [{**r, "judge_score": s} for r, s in zip(rows, scores) if s is not None and s >= min_score]
+    if report is not None:
+        report.add("judge", len(rows) - len(out))
+    return out

@@ -189,3 +189,18 @@ def test_sdg_rejection_is_train_rejection_sample(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         outs.append(out.read_text())
     assert outs[0] == outs[1] and outs[0].count("\n") == 3
+
+
+@pytest.mark.slow
+def test_judge_threshold_filter(files, tmp_path):
+    tools, stubs = files
+    out = tmp_path / "judged.jsonl"
+    r = herd_cli("sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", "16", "--requests", "template",
+                 "--judge-min-score", "0.2", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(row["judge_score"] >= 0.2 for row in rows)  # the kept ones scored at least the threshold
+    gen = summary["generation"]["generated"]
+    others = sum(v for k, v in summary["filtered"].items() if k != "judge")
+    assert summary["filtered"]["judge"] + others + len(rows) == gen  # every judged dialog is counted once
