@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from herd import hub
 
     task = make_task(args.task, options)  # bad options fail here, before a model loads
-    task.load()  # ... and bad data
+    items = task.load()  # ... and bad data
     models = None
     try:
         local = []  # the in-process models this run needs (one registry: loaded once, shared)
@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             task.judge = LLMJudge(judge_gen, args.rubric)
         bar = _Bar(args.task)
         if args.samples:
-            run = asyncio.run(evaluate(task, cfg, samples_file=args.samples, out_dir=out))
+            run = asyncio.run(evaluate(task, cfg, samples=items, samples_file=args.samples, out_dir=out))
         elif task.kind == "loglik":
             if args.base_url:
                 raise HerdError(f"{args.task} scores log-likelihoods: it runs on an in-process model (--model)")
@@ -174,18 +174,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ref = hub.resolve(args.model)
             print(f"loading {ref.name} ...", file=sys.stderr, flush=True)
             model, tokenizer = hub.load(ref, dtype=torch.float32, device="cpu")
-            run = asyncio.run(evaluate(task, cfg, lm=LogLikelihood(model, tokenizer), out_dir=out,
+            run = asyncio.run(evaluate(task, cfg, samples=items, lm=LogLikelihood(model, tokenizer), out_dir=out,
                                        progress=bar.update, on_total=bar.start))
         elif args.base_url:
             from herd.generator_http import OpenAIGenerator
 
             gen = OpenAIGenerator(args.base_url, args.api_model, api_key=key)
-            run = asyncio.run(evaluate(task, cfg, generator=gen, out_dir=out, progress=bar.update,
+            run = asyncio.run(evaluate(task, cfg, samples=items, generator=gen, out_dir=out, progress=bar.update,
                                        on_total=bar.start))
         else:
             models = models or load_registry(local, args.seed)
             gen = local_generator(models, local[-1])
-            run = asyncio.run(evaluate(task, cfg, generator=gen, out_dir=out, progress=bar.update,
+            run = asyncio.run(evaluate(task, cfg, samples=items, generator=gen, out_dir=out, progress=bar.update,
                                        on_total=bar.start))
         bar.close()
     finally:

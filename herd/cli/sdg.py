@@ -123,6 +123,21 @@ def _generator(args: argparse.Namespace) -> tuple[Any, Any]:
     return local_generator(models, ref), models
 
 
+def _check_judge_option(args: argparse.Namespace) -> None:
+    if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
+        raise HerdError("--judge-min-score must be in 0..1")
+
+
+def _judged(args: argparse.Namespace, gen: Any, rows: list[dict[str, Any]], report: Any) -> list[dict[str, Any]]:
+    """--judge-min-score: the rows the model, as a judge, scores high enough (all rows without it)."""
+    if args.judge_min_score is None:
+        return rows
+    from herd.eval.scorers import LLMJudge
+    from herd.sdg import filters
+
+    return asyncio.run(filters.judge_filter(rows, LLMJudge(gen), args.judge_min_score, report))
+
+
 def _instruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -137,8 +152,7 @@ def _instruct(args: argparse.Namespace) -> int:
     sets = [] if args.decontaminate.strip().lower() == "none" else \
         [x.strip() for x in args.decontaminate.split(",") if x.strip()]
     decon = filters.Decontaminator(eval_prompts(sets)) if sets else None
-    if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
-        raise HerdError("--judge-min-score must be in 0..1")
+    _check_judge_option(args)
     report = filters.FilterReport()
     gen, models = _generator(args)
     try:
@@ -146,11 +160,7 @@ def _instruct(args: argparse.Namespace) -> int:
             result = asyncio.run(self_instruct(gen, seeds, n=args.n, seed=args.seed, shots=args.shots,
                                                temperature=args.temperature, near_duplicate=args.near_duplicate,
                                                concurrency=args.concurrency, progress=bar.update))
-        if args.judge_min_score is not None:
-            from herd.eval.scorers import LLMJudge
-
-            result.dialogs = asyncio.run(filters.judge_filter(result.dialogs, LLMJudge(gen), args.judge_min_score,
-                                                              report))
+        result.dialogs = _judged(args, gen, result.dialogs, report)
     finally:
         if models is not None:
             models.shutdown()
@@ -198,17 +208,12 @@ def _tools(args: argparse.Namespace) -> int:
                                                concurrency=args.concurrency, requests=args.requests,
                                                progress=bar.update)
 
-    if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
-        raise HerdError("--judge-min-score must be in 0..1")
+    _check_judge_option(args)
     report = filters.FilterReport()
     gen, models = _generator(args)
     try:
         result = asyncio.run(run(gen))
-        if args.judge_min_score is not None:
-            from herd.eval.scorers import LLMJudge
-
-            result.dialogs = asyncio.run(filters.judge_filter(result.dialogs, LLMJudge(gen), args.judge_min_score,
-                                                              report))
+        result.dialogs = _judged(args, gen, result.dialogs, report)
     finally:
         if models is not None:
             models.shutdown()

@@ -94,12 +94,15 @@ async def _generate_one(gen: Generator, request: ChatRequest, retries: int) -> O
 
 
 async def generate(task: Task, samples: Sequence[Sample], gen: Generator, cfg: RunConfig,
-                   progress: Callable[[int], None] | None = None) -> list[list[Output]]:
-    """cfg.num_samples outputs per item (repeat r uses seed cfg.seed + r), cfg.concurrency in flight."""
+                   progress: Callable[[int], None] | None = None,
+                   requests: Sequence[ChatRequest] | None = None) -> list[list[Output]]:
+    """cfg.num_samples outputs per item (repeat r uses seed cfg.seed + r), cfg.concurrency in flight;
+    `requests`: the items' task.chat_request(...) when the caller has made them already."""
     gate = asyncio.Semaphore(max(1, cfg.concurrency))
+    bases = list(requests) if requests is not None else [task.chat_request(s) for s in samples]
 
-    async def one(sample: Sample, repeat: int) -> Output:
-        base = task.chat_request(sample)
+    async def one(i: int, repeat: int) -> Output:
+        base = bases[i]
         request = ChatRequest(base.messages, base.tools, base.tool_choice, base.tool_prompt_format,
                               base.response_format, base.max_tokens or cfg.max_tokens, cfg.temperature, cfg.top_p,
                               cfg.seed + repeat, base.stop)
@@ -110,7 +113,7 @@ async def generate(task: Task, samples: Sequence[Sample], gen: Generator, cfg: R
             progress(1)
         return out
 
-    flat = await asyncio.gather(*(one(s, r) for s in samples for r in range(cfg.num_samples)))
+    flat = await asyncio.gather(*(one(i, r) for i in range(len(samples)) for r in range(cfg.num_samples)))
     k = cfg.num_samples
     return [list(flat[i * k:(i + 1) * k]) for i in range(len(samples))]
 
@@ -156,9 +159,8 @@ def _record(sample: Sample, out: Output | None, score: Score, request: ChatReque
                           **({"tools": [t.tool_name for t in request.tools]} if request.tools else {})}
     if out is not None:
         rec["repeat"] = out.repeat
-        rec["output"] = {"content": out.message.content,
-                         "tool_calls": [{"name": c.tool_name, "arguments": c.arguments} for c in out.message.tool_calls],
-                         "finish_reason": out.finish_reason}
+        calls = [{"name": c.tool_name, "arguments": c.arguments} for c in out.message.tool_calls]
+        rec["output"] = {"content": out.message.content, "tool_calls": calls, "finish_reason": out.finish_reason}
         if out.error:
             rec["error"] = out.error
     rec["scores"] = score.values
@@ -188,11 +190,13 @@ def markdown(summary: dict[str, Any]) -> str:
 async def evaluate(task: Task, cfg: RunConfig, *, generator: Generator | None = None, lm: Any = None,
                    samples_file: str | Path | None = None, out_dir: str | Path | None = None,
                    progress: Callable[[int], None] | None = None,
-                   on_total: Callable[[int], None] | None = None) -> RunResult:
+                   on_total: Callable[[int], None] | None = None,
+                   samples: Sequence[Sample] | None = None) -> RunResult:
     """Run `task` with exactly one of: a generator (generation tasks), an `lm` (herd.eval.loglik's
-    LogLikelihood, for log-likelihood tasks) or the user's `samples_file`; see the module docstring."""
+    LogLikelihood, for log-likelihood tasks) or the user's `samples_file`; see the module docstring.
+    `samples`: the task's items when the caller has loaded them already (else task.load())."""
     t0 = time.perf_counter()
-    samples = task.load()
+    samples = list(samples) if samples is not None else task.load()
     if not samples:
         raise HerdError(f"{task.name}: no items to evaluate")
     requests: list[ChatRequest | None] = [None] * len(samples)
@@ -213,7 +217,7 @@ async def evaluate(task: Task, cfg: RunConfig, *, generator: Generator | None = 
             if on_total:
                 on_total(len(samples) * cfg.num_samples)
             requests = [task.chat_request(s) for s in samples]
-            outputs = await generate(task, samples, generator, cfg, progress)
+            outputs = await generate(task, samples, generator, cfg, progress, requests)
         else:
             raise HerdError(f"{task.name}: give a model, an endpoint or a samples file")
         pairs = [(s, o) for s, outs in zip(samples, outputs) for o in outs]

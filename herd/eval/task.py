@@ -13,7 +13,6 @@ perplexity) implement `loglik_requests` instead of `chat_request` and are run on
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from herd.generator import ChatRequest
 from herd.tokenizer.messages import Message
-from herd.train.data import DataError, read_jsonl  # noqa: F401  (the tasks' data errors name file:line)
+from herd.train.data import DataError, read_jsonl  # the tasks' data errors name file:line
 
 
 @dataclass
@@ -102,19 +101,7 @@ def user_rows(path: Path, options: TaskOptions, skipped: list[str]) -> Iterator[
     """(file:line, record) of a JSONL file the user brought: a line that is not JSON is a DataError, or, with
     options.skip_bad_rows, appended to `skipped` (its message) and passed over. Tasks check each record the
     same way (`bad_row`)."""
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                bad_row(DataError(f"{where}: not valid JSON ({e.msg})"), options, skipped)
+    return read_jsonl(path, lambda e: bad_row(e, options, skipped))
 
 
 def bad_row(error: DataError, options: TaskOptions, skipped: list[str]) -> None:

@@ -24,7 +24,7 @@ field of the wrong type is a DataError naming `file:line`. Over-long sequences a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -85,8 +85,9 @@ class PackedBlock:
 # ---- reading -------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(`file:line`, record) for every non-blank line, streamed; a bad line is a DataError naming it."""
+def read_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, record) for every non-blank line, streamed; a line that is not JSON is a DataError naming
+    it, raised, or passed to `on_error` (which may raise it) and the line skipped."""
     path = Path(path)
     try:
         fh = open(path, encoding="utf-8")
@@ -100,7 +101,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                error = DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+                if on_error is None:
+                    raise error from None
+                on_error(error)
 
 
 def _fit(ids: list[int], labels: list[int], max_seq_len: int | None, overflow: Overflow,

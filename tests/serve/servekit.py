@@ -74,6 +74,18 @@ class ServerProcess:
 # ---- the tiny tool-calling model -------------------------------------------------------------
 
 
+def home_server(model: Path, home: Path) -> ServerProcess:
+    """`herd serve --model MODEL` (no embedding model) with its own HERD_HOME (state that survives restarts)."""
+    return ServerProcess("--model", str(model), "--embedding-model", "none", env={"HERD_HOME": str(home)})
+
+
+def stack_client(srv: ServerProcess, timeout: float = 120) -> Any:
+    """The real llama-stack-client on a server, no retries."""
+    from llama_stack_client import LlamaStackClient
+
+    return LlamaStackClient(base_url=srv.url, max_retries=0, timeout=timeout)
+
+
 def train_tool_model(out_dir: Path, max_steps: int = 300) -> Path:
     """Overfit a 2-layer, dim-64 Llama with the real Llama 3 tokenizer on one conversation, so that it
     answers WEATHER_QUESTION (with WEATHER_TOOL offered) with a Llama 3.1 JSON tool call, greedily."""

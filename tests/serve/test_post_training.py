@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from servekit import ServerProcess, wait_until
+from servekit import ServerProcess, home_server, stack_client, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinymodels import build_tiny_llama3
@@ -69,26 +69,16 @@ def kill_jobs(home: Path) -> None:
                 os.killpg(pid, signal.SIGKILL)
 
 
-def start_server(tiny: Path, home: Path) -> ServerProcess:
-    return ServerProcess("--model", str(tiny), "--embedding-model", "none", env={"HERD_HOME": str(home)})
-
-
 @pytest.fixture(scope="module")
 def server(tiny: Path, home: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tiny, home)
+    srv = home_server(tiny, home)
     yield srv
     srv.stop(kill=True)
 
 
-def client_of(srv: ServerProcess) -> Any:
-    from llama_stack_client import LlamaStackClient
-
-    return LlamaStackClient(base_url=srv.url, max_retries=0, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Any:
-    c = client_of(server)
+    c = stack_client(server, timeout=60)
     c.datasets.register(purpose="post-training/messages", source={"type": "rows", "rows": CHAT}, dataset_id="chat")
     c.datasets.register(purpose="post-training/preference", source={"type": "rows", "rows": PREFS},
                         dataset_id="prefs")
@@ -236,9 +226,9 @@ def test_a_job_outlives_the_server_and_resumes_when_killed(server, client, tiny,
     assert wait_until(lambda: (out / "checkpoints" / "latest").is_file(), timeout=60)
     os.killpg(pid, signal.SIGSTOP)  # held where it is while no server watches
     server.stop(kill=True)  # SIGKILL: no shutdown at all
-    second = start_server(tiny, home)
+    second = home_server(tiny, home)
     try:
-        c = client_of(second)
+        c = stack_client(second, timeout=60)
         st = c.post_training.job.status(job_uuid="restart-1")
         assert st.status == "in_progress" and st.resources_allocated["pid"] == pid  # adopted, still running
         assert c.post_training.job.status(job_uuid="lora-1").status == "completed"  # the state survived

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servekit import ServerProcess
+from servekit import ServerProcess, home_server, stack_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinymodels import build_tiny_llama3
@@ -42,26 +42,16 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
-def start_server(tiny: Path, home: Path) -> ServerProcess:
-    return ServerProcess("--model", str(tiny), "--embedding-model", "none", env={"HERD_HOME": str(home)})
-
-
 @pytest.fixture(scope="module")
 def server(tiny: Path, home: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tiny, home)
+    srv = home_server(tiny, home)
     yield srv
     srv.stop(kill=True)
 
 
-def client_of(srv: ServerProcess) -> Any:
-    from llama_stack_client import LlamaStackClient
-
-    return LlamaStackClient(base_url=srv.url, max_retries=0, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Any:
-    c = client_of(server)
+    c = stack_client(server)
     c.datasets.register(purpose="eval/question-answer", source={"type": "rows", "rows": QA}, dataset_id="qa")
     return c
 
@@ -440,9 +430,9 @@ def test_a_job_cut_by_a_server_crash_is_reported_failed_and_registrations_persis
     wait_job(client, "qa-bench", job.job_id, "in_progress")
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(30)
-    again = start_server(tiny, home)
+    again = home_server(tiny, home)
     try:
-        c = client_of(again)
+        c = stack_client(again)
         st = c.eval.jobs.status(job.job_id, benchmark_id="qa-bench")
         assert st.status == "failed" and "server stopped" in st.error
         assert "qa-bench" in [b.identifier for b in c.benchmarks.list()]
