@@ -31,6 +31,7 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
+    parallel_tool_calls: bool = True  # False: at most one call per reply
 
 
 @dataclass

@@ -42,6 +42,8 @@ class OpenAIGenerator:
                 body["tool_choice"] = request.tool_choice
             else:
                 body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
+            if not request.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
         for key in ("max_tokens", "temperature", "top_p", "seed", "stop", "response_format"):
             value = getattr(request, key)
             if value is not None:

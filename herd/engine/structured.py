@@ -86,6 +86,98 @@ class ResponseFormat:
         return cls("grammar", grammar=text)
 
 
+# ---- schemas that cannot be compiled ------------------------------------------------------
+
+# Python type names tool authors write for JSON schema ones (BFCL's data uses several of them)
+_TYPE_ALIASES = {"float": "number", "double": "number", "int": "integer", "long": "integer", "dict": "object",
+                 "tuple": "array", "list": "array", "bool": "boolean", "str": "string", "any": None}
+# keywords dropped, one at a time in this order, from a sub-schema that does not compile
+_DROPPABLE = ("format", "pattern", "enum", "const", "minLength", "maxLength", "minimum", "maximum",
+              "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "uniqueItems",
+              "minProperties", "maxProperties", "required", "additionalProperties", "items", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_ONE = ("items", "additionalProperties", "not", "contains")
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why llguidance cannot compile `schema` as a JSON schema grammar (first line), or None if it can."""
+    try:
+        grammar = llg.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+        err = llg.LLMatcher.validate_grammar(grammar)
+    except (ValueError, TypeError, RuntimeError) as e:
+        err = str(e)
+    return _first_line(err) if err else None
+
+
+def _has_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or any(_has_ref(v) for v in node.values())
+    return isinstance(node, list) and any(_has_ref(v) for v in node)
+
+
+def _subschemas(node: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+    """(path suffix, container, key) of each direct sub-schema of `node`."""
+    out: list[tuple[str, dict[str, Any], Any]] = []
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            out += [(f".{key}.{k}", node[key], k) for k, v in node[key].items() if isinstance(v, dict)]
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            out += [(f".{key}[{i}]", node[key], i) for i, v in enumerate(node[key]) if isinstance(v, dict)]
+    out += [(f".{key}", node, key) for key in _SUBSCHEMA_ONE if isinstance(node.get(key), dict)]
+    return out
+
+
+def _relax(node: dict[str, Any], path: str, notes: list[str]) -> dict[str, Any]:
+    """`node` (already a copy) with its sub-schemas relaxed first, then itself: type aliases read as JSON
+    schema types, then keywords dropped one at a time until it compiles, else any value ({})."""
+    for suffix, container, key in _subschemas(node):
+        container[key] = _relax(container[key], path + suffix, notes)
+    if _has_ref(node):  # a $ref cannot be checked apart from its root: the whole-schema check decides
+        return node
+    problem = schema_problem(node)
+    if problem is None:
+        return node
+    kind = node.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if any(isinstance(k, str) and k in _TYPE_ALIASES for k in kinds):
+        mapped = [_TYPE_ALIASES.get(k, k) if isinstance(k, str) else k for k in kinds]
+        if None in mapped:
+            node.pop("type")
+        else:
+            node["type"] = mapped if isinstance(kind, list) else mapped[0]
+        notes.append(f"{path}: type {kind!r} read as {node.get('type', 'any value')!r}")
+        if (problem := schema_problem(node)) is None:
+            return node
+    for key in _DROPPABLE:
+        if key in node:
+            node.pop(key)
+            notes.append(f"{path}: dropped {key!r} ({problem})")
+            if (problem := schema_problem(node)) is None:
+                return node
+    notes.append(f"{path}: accepted as any JSON value ({problem})")
+    return {"description": node["description"]} if isinstance(node.get("description"), str) else {}
+
+
+def satisfiable_schema(schema: dict[str, Any], where: str = "schema") -> tuple[dict[str, Any], list[str]]:
+    """`schema`, or the nearest schema llguidance compiles, and one note per change (empty: unchanged).
+
+    A sub-schema that does not compile (an unknown type such as "float", `enum` on an array, a regex with
+    look-around, an unknown format) is relaxed, innermost first: aliases of JSON types are read as
+    those types, then the offending keywords are dropped one by one, and as a last resort the
+    sub-schema accepts any value. A whole schema still failing then (through `$ref`) becomes any object.
+    """
+    if schema_problem(schema) is None:
+        return schema, []
+    notes: list[str] = []
+    relaxed = _relax(json.loads(json.dumps(schema)), where, notes)
+    if (problem := schema_problem(relaxed)) is not None:
+        notes.append(f"{where}: accepted as any JSON object ({problem})")
+        relaxed = {"type": "object"}
+    return relaxed, notes
+
+
 class _VocabForLLG:
     """Our tokenizer in the shape llguidance.TokenizerWrapper reads: token bytes, eos, specials, encode."""
 

@@ -30,7 +30,7 @@ from herd.serve.turn import (
     plan_chat,
     stream_chat,
 )
-from herd.tokenizer.messages import ToolCall, to_messages, to_tools
+from herd.tokenizer.messages import ToolCall, new_call_id, to_messages, to_tools
 
 if TYPE_CHECKING:
     from herd.tokenizer.tokenizer import Tokenizer
@@ -71,10 +71,14 @@ def logprobs_out(tokenizer: Tokenizer, entries: list[LogprobEntry], k: int) -> p
 
 
 def message_out(state: ChoiceState) -> p.ChatMessageOut:
-    """A finished choice as the OpenAI assistant message (tool calls with JSON-string arguments)."""
+    """A finished choice as the OpenAI assistant message (tool calls with JSON-string arguments; a forced
+    call cut off by max_tokens as far as it got, with finish_reason "length", as OpenAI returns it)."""
     msg = state.message
     calls = [p.ToolCallOut(id=c.call_id, function=p.FunctionCallOut(name=c.tool_name, arguments=call_arguments(c)))
              for c in msg.tool_calls]
+    if state.partial_call is not None:
+        name, arguments = state.partial_call
+        calls.append(p.ToolCallOut(id=new_call_id(), function=p.FunctionCallOut(name=name, arguments=arguments)))
     return p.ChatMessageOut(content=(msg.content or None) if calls else msg.content, tool_calls=calls or None)
 
 
@@ -92,7 +96,9 @@ async def chat_completions(req: p.ChatCompletionRequest, registry: ModelRegistry
     plan = await asyncio.to_thread(  # tokenizing a long prompt must not stall other streams
         plan_chat, model, messages, tools=tools, tool_choice=req.tool_choice,
         tool_prompt_format=req.tool_prompt_format, response_format=req.response_format, max_tokens=max_tokens,
-        max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id)
+        max_tokens_param=param, sampling=chat_sampling(req), request_id=ctx.request_id,
+        parallel_tool_calls=req.parallel_tool_calls)
+    ctx.warn(*plan.warnings)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
     ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
     k = req.top_logprobs or 0
@@ -143,11 +149,14 @@ async def chat_chunks(plan: ChatPlan, rest: AsyncIterator[list[ChoiceDelta]], us
             lp = logprobs_out(tok, d.logprobs, logprobs_k) if logprobs_k is not None and d.logprobs else None
             if d.text or lp is not None:
                 yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(content=d.text), logprobs=lp)])
-            for j, call in enumerate(d.tool_calls):
+            calls = [(c.call_id, c.tool_name, call_arguments(c)) for c in d.tool_calls]
+            if d.partial_call is not None:
+                calls.append((new_call_id(), *d.partial_call))
+            for j, (call_id, name, arguments) in enumerate(calls):
                 idx = d.first_call_index + j
-                head = p.ToolCallDeltaOut(index=idx, id=call.call_id, type="function",
-                                          function=p.ToolCallDeltaFunction(name=call.tool_name, arguments=""))
-                args = p.ToolCallDeltaOut(index=idx, function=p.ToolCallDeltaFunction(arguments=call_arguments(call)))
+                head = p.ToolCallDeltaOut(index=idx, id=call_id, type="function",
+                                          function=p.ToolCallDeltaFunction(name=name, arguments=""))
+                args = p.ToolCallDeltaOut(index=idx, function=p.ToolCallDeltaFunction(arguments=arguments))
                 yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[head]))])
                 yield chunk([p.ChatChunkChoice(index=d.index, delta=p.ChatDelta(tool_calls=[args]))])
             if d.finish_reason is not None:
@@ -182,6 +191,7 @@ async def stack_chat_completion(req: p.StackChatRequest, registry: ModelRegistry
         tool_prompt_format=cfg.tool_prompt_format or req.tool_prompt_format, response_format=req.response_format,
         max_tokens=max_tokens, max_tokens_param="sampling_params.max_tokens", sampling={**sampling, "logprobs": k},
         request_id=ctx.request_id)
+    ctx.warn(*plan.warnings)
     usage = ctx.track(model.id, Usage(len(plan.prompt_ids)))
     ctx.admit(model.id, len(plan.prompt_ids), plan.params.n)
     if req.stream:

@@ -3,6 +3,7 @@ running a request on the engine with metrics, logprobs, and aborting on client d
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from herd.serve.errors import APIError, bad_request
 from herd.serve.limits import Admission, Deadline, Drain, SequenceGate, Ticket
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
+
+log = logging.getLogger("herd.serve")
 
 if TYPE_CHECKING:
     from herd.safety.shields import ShieldRegistry
@@ -239,12 +242,28 @@ class CallContext:
     admission: Admission | None = None  # the server's; None: no queue bound (tests of single pieces)
     drain: Drain | None = None
     ticket: Ticket | None = None
+    warnings: list[str] = field(default_factory=list)  # sent back in `Warning` headers
     gate: SequenceGate = field(init=False)
     deadline: Deadline = field(init=False)
 
     def __post_init__(self) -> None:
         self.gate = SequenceGate(self.limits.max_sequences_in_flight)
         self.deadline = Deadline(self.limits.request_timeout, self.drain)
+
+    def warn(self, *notes: str) -> None:
+        """Tell the client (a `Warning` response header each) and the log about a liberty taken."""
+        for note in notes:
+            if note not in self.warnings:
+                log.warning("request %s: %s", self.request_id, note)
+                self.warnings.append(note)
+
+    def headers(self) -> dict[str, str]:
+        """The response headers this request has earned (its warnings, RFC 7234 style, joined)."""
+        if not self.warnings:
+            return {}
+        quoted = (w.encode("ascii", "replace").decode().replace("\\", "\\\\").replace('"', '\\"')
+                  for w in self.warnings)
+        return {"Warning": ", ".join(f'299 herd "{q}"' for q in quoted)}
 
     def track(self, model: str, usage: Usage) -> Usage:
         """Remember the model and a request's token counts for the access log."""

@@ -49,7 +49,8 @@ class ServedGenerator:
             tool_choice=request.tool_choice if request.tools else None,
             tool_prompt_format=request.tool_prompt_format, response_format=request.response_format,
             max_tokens=request.max_tokens, max_tokens_param="max_tokens", sampling=self._sampling(request),
-            request_id=rid)
+            request_id=rid, parallel_tool_calls=request.parallel_tool_calls)
+        self.ctx.warn(*plan.warnings)
         usage = self.ctx.track(self.model.id, Usage(len(plan.prompt_ids)))
         self.ctx.admit(self.model.id, len(plan.prompt_ids), 1)
         state = ChoiceState(plan, 0)

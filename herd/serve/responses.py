@@ -154,7 +154,9 @@ class ResponseRun:
         left = None if req.max_output_tokens is None else req.max_output_tokens - self.output_tokens
         return ChatRequest(list(self.messages), tools=offered, tool_choice=self.plan.tool_choice if turn == 0 else
                            "auto", response_format=self.plan.response_format, max_tokens=left,
-                           temperature=req.temperature, top_p=req.top_p)
+                           temperature=req.temperature, top_p=req.top_p,
+                           # one more server-side call allowed: a list of calls could only be cut short
+                           parallel_tool_calls=req.parallel_tool_calls is not False and self._budget() != 1)
 
     async def start(self) -> None:
         """Run the first turn up to its first delta, so that bad input is a 4xx before any event."""

@@ -68,9 +68,9 @@ async def respond(work: Awaitable[Any], ctx: CallContext) -> Response:
     """A dict becomes JSON; an async iterator becomes an SSE stream."""
     result = await work
     if isinstance(result, dict):
-        return JSONResponse(result)
+        return JSONResponse(result, headers=ctx.headers())
     return StreamingResponse(sse(result, ctx.send_done), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ctx.headers()})
 
 
 def _client_wants_no_done(request: Request) -> bool:

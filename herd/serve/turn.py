@@ -12,8 +12,8 @@ Refused choices finish with `content_filter` and carry the `safety_violation` ex
 """
 from __future__ import annotations
 
-import copy
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 TOOL_STARTS = ("<|python_tag|>", "<function=", "<tool_call>", "{", "[")
 _CALL_BODIES = ("{", "[", "<function=", "<tool_call>")
 REFUSED = "content_filter"  # OpenAI's finish_reason for a reply a filter stopped
+# the most calls a forced reply may list: a small model can repeat a call until max_tokens
+MAX_PARALLEL_CALLS = 8
 
 
 @dataclass
@@ -59,6 +61,9 @@ class ChatPlan:
     parse_tools: bool  # look for tool calls in the reply
     request_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    forced: bool = False  # tool_choice required / a named tool: the grammar makes the reply a call
+    parallel: bool = True  # several calls in one reply (OpenAI parallel_tool_calls); False keeps the first
+    warnings: list[str] = field(default_factory=list)  # what the request got that it did not ask for
 
     @property
     def tool_names(self) -> set[str]:
@@ -81,34 +86,58 @@ def tool_choice_value(choice: Any, tools: Sequence[ToolDefinition]) -> str:
     return choice
 
 
+def _closed(node: Any) -> Any:
+    """A copy of a JSON schema whose objects with listed properties take no others unless they say so."""
+    if isinstance(node, list):
+        return [_closed(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (_closed(v) if k not in ("enum", "const", "default", "examples", "required") else v)
+           for k, v in node.items()}
+    if isinstance(node.get("properties"), dict) and "additionalProperties" not in node:
+        out["additionalProperties"] = False
+    return out
+
+
 def _params_schema(tool: ToolDefinition) -> dict[str, Any]:
     closed = {"additionalProperties": False}  # a forced call ends when its arguments do
     if tool.tool_name == "code_interpreter":
         return {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"], **closed}
     if tool.is_builtin:
         return {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], **closed}
-    schema = copy.deepcopy(tool.parameters) if tool.parameters else {"type": "object", "properties": {}}
+    # as OpenAI strict mode: no invented arguments, at any level (unless the schema allows them)
+    schema = _closed(tool.parameters) if tool.parameters else {"type": "object", "properties": {}}
     schema.setdefault("type", "object")
-    schema.setdefault("additionalProperties", False)  # as OpenAI strict mode: no invented arguments
+    schema.setdefault("additionalProperties", False)
     return schema
 
 
-def forced_call_format(kind: str, tools: Sequence[ToolDefinition], choice: str) -> dict[str, Any]:
-    """A json_schema response_format allowing exactly one call of an offered tool (or the named one).
+def forced_call_format(kind: str, tools: Sequence[ToolDefinition], choice: str,
+                       parallel: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """A json_schema response_format allowing a call of an offered tool (or the named one) — with
+    tool_choice "required" and parallel calls allowed, also a JSON list of one or more calls — and a
+    note per tool schema that had to be relaxed to compile (`satisfiable_schema`).
 
     Llama 3.x: the 3.1 JSON custom-tool call {"type": "function", "name", "parameters"};
     Jinja-template models: {"name", "arguments"}, the shape their templates and parsers use.
     """
+    from herd.engine.structured import satisfiable_schema
+
     chosen = [t for t in tools if choice == "required" or t.tool_name == choice]
-    options = []
+    options, notes = [], []
     for t in chosen:
+        where = f"tools[{tools.index(t)}] ({t.tool_name}): parameters"
+        params, relaxed = satisfiable_schema(_params_schema(t), where)
+        notes += relaxed
         if kind == "llama3":
-            props = {"type": {"const": "function"}, "name": {"const": t.tool_name}, "parameters": _params_schema(t)}
+            props = {"type": {"const": "function"}, "name": {"const": t.tool_name}, "parameters": params}
         else:
-            props = {"name": {"const": t.tool_name}, "arguments": _params_schema(t)}
+            props = {"name": {"const": t.tool_name}, "arguments": params}
         options.append({"type": "object", "properties": props, "required": list(props), "additionalProperties": False})
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+    one = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}]} \
+        if parallel and choice == "required" else one
+    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}, notes
 
 
 def plan_chat(
@@ -123,18 +152,25 @@ def plan_chat(
     max_tokens_param: str,
     sampling: dict[str, Any],
     request_id: str,
+    parallel_tool_calls: bool | None = None,
 ) -> ChatPlan:
-    """Render the prompt, pick the grammar, check the context budget: everything before the engine."""
+    """Render the prompt, pick the grammar, check the context budget: everything before the engine.
+
+    A forced call's grammar relaxes a tool schema that cannot be compiled (the plan's `warnings` say
+    how) instead of refusing the request."""
     check_text_length(model, sum(len(m.content) + len(m.context or "") for m in messages), "messages")
     tool_defs = to_tools(tools)
     choice = tool_choice_value(tool_choice, tool_defs)
     forced = choice not in ("auto", "none")
+    parallel = parallel_tool_calls is not False
     fmt = response_format_of(response_format)
+    warnings: list[str] = []
     if forced:
         if fmt is not None:
             raise bad_request("response_format cannot be combined with tool_choice 'required' or a named tool",
                               "response_format")
-        fmt = response_format_of(forced_call_format(model.prompter.kind, tool_defs, choice))
+        call_format, warnings = forced_call_format(model.prompter.kind, tool_defs, choice, parallel)
+        fmt = response_format_of(call_format, "tools")
     try:
         _, ids = model.prompter.render(messages, tools=tool_defs or None,
                                        tool_prompt_format=tool_prompt_format or model.spec.tool_prompt_format,
@@ -145,7 +181,8 @@ def plan_chat(
     parse = bool(tool_defs) and choice != "none" and (forced or fmt is None)
     # a reply that may be a tool call keeps its control tokens (<|python_tag|>) for the parser
     params = sampling_params(max_tokens=max_tokens, response_format=fmt, skip_special_tokens=not parse, **sampling)
-    return ChatPlan(model, ids, params, tool_defs if choice != "none" else [], parse, request_id)
+    return ChatPlan(model, ids, params, tool_defs if choice != "none" else [], parse, request_id, forced=forced,
+                    parallel=parallel, warnings=warnings)
 
 
 @dataclass
@@ -160,6 +197,7 @@ class ChoiceDelta:
     finish_reason: str | None = None  # OpenAI: stop / length / tool_calls / content_filter
     stop_reason: str | None = None  # Llama Stack: end_of_turn / end_of_message / out_of_tokens
     violation: dict[str, Any] | None = None  # the `safety_violation` extension of a refused choice
+    partial_call: tuple[str, str] | None = None  # (name, arguments text) of a forced call max_tokens cut off
 
     def add(self, d: ChoiceDelta) -> None:
         """Merge a later delta of the same choice into this one."""
@@ -168,6 +206,7 @@ class ChoiceDelta:
         self.logprobs += d.logprobs
         self.finish_reason = d.finish_reason or self.finish_reason
         self.stop_reason = d.stop_reason or self.stop_reason
+        self.partial_call = d.partial_call or self.partial_call
 
 
 class ChoiceState:
@@ -184,6 +223,7 @@ class ChoiceState:
         self.message = Message("assistant", "")
         self.finish_reason: str | None = None
         self.violation: dict[str, Any] | None = None  # set by refuse()
+        self.partial_call: tuple[str, str] | None = None  # see ChoiceDelta.partial_call
 
     def refuse(self, violation: Any, stage: str) -> ChoiceState:
         """Replace the reply by a shield's refusal (a herd.safety ShieldViolation; stage input/output)."""
@@ -228,6 +268,11 @@ class ChoiceState:
         msg = self.plan.model.prompter.parse(output, tools_offered=True)
         if msg.tool_calls and not all(c.tool_name in self.plan.tool_names for c in msg.tool_calls):
             return Message("assistant", output.text, stop_reason=msg.stop_reason)  # a call of nothing offered
+        calls = unique_calls(msg.tool_calls)
+        if not self.plan.parallel:  # parallel_tool_calls false: the first call
+            calls = calls[:1]
+        if len(calls) < len(msg.tool_calls):
+            return Message("assistant", msg.content, tool_calls=calls, stop_reason=msg.stop_reason)
         return msg
 
     def _recognise(self, d: ChoiceDelta) -> None:
@@ -260,10 +305,74 @@ class ChoiceState:
         if self.calls:
             msg = Message("assistant", msg.content if msg.tool_calls else "", tool_calls=self.calls,
                           stop_reason=msg.stop_reason)
+        if self.plan.forced and not self.calls and out.finish_reason == "length":
+            msg = self._cut_off(out.text, d)
         self.message = msg
-        self.finish_reason = "tool_calls" if self.calls else "length" if out.finish_reason == "length" else "stop"
+        self.finish_reason = "length" if out.finish_reason == "length" and (self.partial_call or not self.calls) \
+            else "tool_calls" if self.calls else "stop"
         d.finish_reason = self.finish_reason
         d.stop_reason = msg.stop_reason or ("out_of_tokens" if out.finish_reason == "length" else "end_of_turn")
+
+    def _cut_off(self, text: str, d: ChoiceDelta) -> Message:
+        """A forced reply max_tokens cut off: a list's complete calls are calls (with parallel calls off, its
+        first is the reply), the one cut off is `partial_call`."""
+        complete, rest = split_call_list(text)
+        if complete:
+            calls = self._parse(SimpleNamespace(text=complete, token_ids=[], stop_token_id=None,
+                                                finish_reason=None)).tool_calls
+            d.tool_calls += calls
+            self.calls += calls
+        if not self.plan.parallel and self.calls:
+            return Message("assistant", "", tool_calls=self.calls, stop_reason="end_of_turn")
+        d.partial_call = self.partial_call = partial_call(rest)
+        if not self.calls and self.partial_call is None:  # cut off before a tool name: the text as it is
+            return Message("assistant", text, stop_reason="out_of_tokens")
+        d.text = ""
+        return Message("assistant", "", tool_calls=self.calls, stop_reason="out_of_tokens")
+
+
+def unique_calls(calls: Sequence[ToolCall]) -> list[ToolCall]:
+    """The calls with repeats (same tool, same arguments) left out: a model stuck in a loop lists one call
+    again and again, and running it twice in one turn never helps."""
+    seen: set[str] = set()
+    out = []
+    for c in calls:
+        key = json.dumps([c.tool_name, c.arguments], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def split_call_list(text: str) -> tuple[str | None, str]:
+    """A JSON list of calls cut off: (a JSON list of its complete elements or None, the text after them)."""
+    if not text.lstrip().startswith("["):
+        return None, text
+    decoder, pos, done = json.JSONDecoder(), text.index("[") + 1, []
+    while True:
+        while pos < len(text) and text[pos] in " ,\n":
+            pos += 1
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        done.append(obj)
+        pos = end
+    return (json.dumps(done, ensure_ascii=False) if done else None), text[pos:]
+
+
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
+
+
+def partial_call(text: str) -> tuple[str, str] | None:
+    """(tool name, arguments text) of a forced call cut off by max_tokens: the arguments JSON as far as it
+    got, as OpenAI returns a call that ran out of tokens (finish_reason "length"); None before the name."""
+    names = list(_NAME.finditer(text))  # in a list of calls, the last one is the one cut off
+    if not names:
+        return None
+    args = _ARGS.search(text, names[-1].end())
+    return json.loads(f'"{names[-1].group(1)}"'), text[args.end():] if args else ""
 
 
 def _classify(buffer: str) -> str:

@@ -127,7 +127,7 @@ def test_generate_runs_scores_and_compares(tiny, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
-        assert summary["task"] == "generate" and summary["n"] == 6 and not summary["partial"]
+        assert summary["task"] == "generate" and summary["n"] == 6 and not summary["partial"], summary
         assert [x["id"] for x in records] == [f"q{i}" for i in range(6)]
         # the metric is the mean of the records' scores, each the scorer applied to the recorded output
         for x, row in zip(records, rows):

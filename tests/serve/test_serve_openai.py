@@ -71,6 +71,46 @@ def test_forced_tool_call_streams_as_tool_call_deltas(openai_client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_far_as_it_got(openai_client, stream):
+    kw = dict(model=SMOL_ID, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required", **GREEDY)
+    whole = openai_client.chat.completions.create(max_tokens=40, **kw).choices[0].message.tool_calls[0].function
+    if stream:
+        chunks = list(openai_client.chat.completions.create(max_tokens=15, stream=True, **kw))
+        deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        name, args = deltas[0].function.name, "".join(d.function.arguments or "" for d in deltas)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        assert not any(c.choices[0].delta.content for c in chunks if c.choices)
+    else:
+        choice = openai_client.chat.completions.create(max_tokens=15, **kw).choices[0]
+        assert choice.message.content is None and len(choice.message.tool_calls) == 1
+        name, args, finish = choice.message.tool_calls[0].function.name, \
+            choice.message.tool_calls[0].function.arguments, choice.finish_reason
+    # the greedy call, cut where max_tokens ran out: OpenAI's finish_reason "length" with a partial call
+    assert finish == "length" and name == whole.name == "get_weather"
+    assert args and whole.arguments.startswith(args) and args != whole.arguments
+
+
+def test_a_tool_schema_the_grammar_cannot_compile_is_relaxed_with_a_warning(http):
+    tool = {"type": "function", "function": {"name": "tag_photo", "parameters": {
+        "type": "object", "required": ["tags", "city"], "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "enum": ["sea", "sky"]},  # unsatisfiable
+            "city": {"type": "string"}}}}}
+    r = http.post("/v1/chat/completions", json={"model": SMOL_ID, "messages": WEATHER_QUESTION, "tools": [tool],
+                                                "tool_choice": "required", "max_tokens": 40, "temperature": 0,
+                                                "parallel_tool_calls": False})
+    assert r.status_code == 200, r.text
+    assert "tools[0] (tag_photo): parameters.properties.tags: dropped 'enum'" in r.headers["warning"]
+    assert r.headers["warning"].startswith('299 herd "')
+    call = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert r.json()["choices"][0]["finish_reason"] == "tool_calls", call
+    args = json.loads(call["arguments"])
+    assert call["name"] == "tag_photo" and set(args) == {"tags", "city"}
+    assert all(isinstance(t, str) for t in args["tags"]) and isinstance(args["city"], str)
+    plain = http.post("/v1/chat/completions", json={"model": SMOL_ID, "messages": WEATHER_QUESTION, "max_tokens": 2})
+    assert "warning" not in plain.headers
+
+
 def test_forced_tool_call_on_a_llama3_model(openai_client):
     r = openai_client.chat.completions.create(model=TINY_ID, messages=[{"role": "user", "content": "Hello"}],
                                               tools=[WEATHER_TOOL], tool_choice="required", max_tokens=40,

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from herd.engine.request import CompletionOutput, SamplingParams
+from herd.engine.structured import ResponseFormat, schema_problem
 from herd.errors import HerdError
 from herd.serve.app import validation_message
-from herd.serve.turn import ChatPlan, ChoiceState, forced_call_format
+from herd.serve.turn import MAX_PARALLEL_CALLS, ChatPlan, ChoiceState, forced_call_format, partial_call
 from herd.serve.config import (
     ModelSpec,
     default_id,
@@ -202,21 +203,106 @@ def test_function_tag_and_jinja_json_calls(llama3):
     assert state.message.tool_calls[0].arguments == {"city": "Oslo"}
 
 
+def _call(kind: str, name: str, args: dict) -> dict:
+    return {"type": "function", "name": name, "parameters": args} if kind == "llama3" else \
+        {"name": name, "arguments": args}
+
+
 @pytest.mark.parametrize("kind", ["llama3", "jinja"])
 def test_forced_call_schema_accepts_exactly_the_offered_calls(kind):
     tools = [ToolDefinition("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}},
                                                 "required": ["city"]}),
              ToolDefinition("brave_search")]
-    schema = forced_call_format(kind, tools, "required")["json_schema"]["schema"]
-    good = {"type": "function", "name": "get_weather", "parameters": {"city": "X"}} if kind == "llama3" else \
-        {"name": "get_weather", "arguments": {"city": "X"}}
+    schema = forced_call_format(kind, tools, "required")[0]["json_schema"]["schema"]
+    good = _call(kind, "get_weather", {"city": "X"})
     jsonschema.validate(good, schema)
+    jsonschema.validate([good, _call(kind, "brave_search", {"query": "q"})], schema)  # parallel calls
+    with pytest.raises(jsonschema.ValidationError):  # but not without end
+        jsonschema.validate([good] * (MAX_PARALLEL_CALLS + 1), schema)
     key = "parameters" if kind == "llama3" else "arguments"
-    for bad in ({**good, "name": "other"}, {**good, key: {}}, {**good, key: {"city": "X", "extra": 1}}):
+    for bad in ({**good, "name": "other"}, {**good, key: {}}, {**good, key: {"city": "X", "extra": 1}}, [],
+                [good, {**good, "name": "other"}]):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
-    named = forced_call_format(kind, tools, "brave_search")["json_schema"]["schema"]
+    named = forced_call_format(kind, tools, "brave_search")[0]["json_schema"]["schema"]
     assert named["properties"]["name"] == {"const": "brave_search"}
+    single = forced_call_format(kind, tools, "required", parallel=False)[0]["json_schema"]["schema"]
+    jsonschema.validate(good, single)
+    for one_only in (named, single):  # a named tool, or parallel_tool_calls false: exactly one call
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate([good], one_only)
+
+
+def test_forced_call_schema_closes_nested_objects_unless_they_say_otherwise():
+    params = {"type": "object", "required": ["trip"], "properties": {"trip": {
+        "type": "object", "properties": {"to": {"type": "string"}, "legs": {"type": "array", "items": {
+            "type": "object", "properties": {"day": {"type": "integer"}}}}},
+        "required": ["to"]}, "extra": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "free": {"type": "object"}}}
+    schema = forced_call_format("jinja", [ToolDefinition("book", "", params)], "book")[0]["json_schema"]["schema"]
+    ok = {"trip": {"to": "Oslo", "legs": [{"day": 1}]}, "extra": {"a": 1}, "free": {"anything": [1]}}
+    jsonschema.validate({"name": "book", "arguments": ok}, schema)
+    jsonschema.validate(ok, params)  # the tool's own schema agrees
+    for bad in ({"trip": {"to": "Oslo", "x": 1}}, {"trip": {"to": "O", "legs": [{"day": 1, "night": 2}]}},
+                {"trip": {"to": "O"}, "extra": {"a": "s"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "book", "arguments": bad}, schema)
+    assert params["properties"]["trip"].get("additionalProperties") is None  # the caller's schema untouched
+
+
+def test_a_tool_schema_that_cannot_compile_is_relaxed_and_said():
+    params = {"type": "object", "required": ["tags", "ratio", "code"], "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "enum": ["a", "b"]},  # BFCL live_simple_71-35-0
+        "ratio": {"type": "float"}, "code": {"type": "string", "pattern": "(?<=x)y"}, "n": {"type": "integer"}}}
+    tools = [ToolDefinition("ok", "", {"type": "object", "properties": {}}), ToolDefinition("tagger", "", params)]
+    fmt, notes = forced_call_format("jinja", tools, "required")
+    assert ResponseFormat.from_openai(fmt).schema is not None and schema_problem(fmt["json_schema"]["schema"]) is None
+    assert any(n.startswith("tools[1] (tagger): parameters.properties.tags: dropped 'enum'") for n in notes), notes
+    assert any("properties.ratio: type 'float' read as 'number'" in n for n in notes)
+    assert any("properties.code: dropped 'pattern'" in n for n in notes) and len(notes) == 3
+    schema = fmt["json_schema"]["schema"]
+    jsonschema.validate({"name": "tagger", "arguments": {"tags": ["z"], "ratio": 0.5, "code": "q"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # what still can be kept is kept
+        jsonschema.validate({"name": "tagger", "arguments": {"tags": ["z"], "ratio": 0.5, "code": "q", "n": 1.5}},
+                            schema)
+    assert forced_call_format("jinja", tools, "ok")[1] == []  # only the offered tools that are forced are read
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(llama3):
+    jinja = SimpleNamespace(parse=Prompter.parse.__get__(SimpleNamespace(chat_format=None)), tokenizer=None)
+    reply = ['[{"name": "get_weather", "arguments": {"city": "Oslo"}}, ', '{"name": "get_weather", '
+             '"arguments": {"city": "Rome"}}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]']  # a repeat
+    for parallel, cities in ((True, ["Oslo", "Rome"]), (False, ["Oslo"])):
+        plan = _plan(llama3, ["get_weather"])
+        plan.model, plan.parallel = SimpleNamespace(prompter=jinja, tokenizer=llama3.tokenizer), parallel
+        deltas, state = _run(plan, reply)
+        assert [c.arguments["city"] for c in state.message.tool_calls] == cities
+        assert [c.arguments["city"] for d in deltas for c in d.tool_calls] == cities
+
+
+def test_a_forced_call_cut_off_by_max_tokens_is_a_partial_call(llama3):
+    jinja = SimpleNamespace(parse=Prompter.parse.__get__(SimpleNamespace(chat_format=None)), tokenizer=None)
+    plan = _plan(llama3, ["get_weather"])
+    plan.model, plan.forced = SimpleNamespace(prompter=jinja, tokenizer=llama3.tokenizer), True
+    deltas, state = _run(plan, ['{"name": "get_weather", ', '"arguments": {"city": "Oslo Oslo Oslo'], reason="length")
+    assert state.finish_reason == "length" and not state.message.tool_calls
+    assert state.partial_call == deltas[-1].partial_call == ("get_weather", '{"city": "Oslo Oslo Oslo')
+    assert partial_call('[{"name": "a", "arguments": {}}, {"name": "b\\"c", "parameters": {"q": [1') == \
+        ('b"c', '{"q": [1')
+    assert partial_call('{"na') is None
+    plan.forced = True  # a list of calls cut off: the complete ones are calls, the last one partial
+    deltas, state = _run(plan, ['[{"name": "get_weather", "arguments": {"city": "Oslo"}}, ',
+                                '{"name": "get_weather", "arguments": {"ci'], reason="length")
+    assert [c.arguments for c in state.message.tool_calls] == [{"city": "Oslo"}] and state.finish_reason == "length"
+    assert state.partial_call == ("get_weather", '{"ci') and not any(d.text for d in deltas)
+    plan.parallel = False
+    _, state = _run(plan, ['[{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_w'],
+                    reason="length")  # parallel calls off: the first call is the reply, and it is whole
+    assert [c.arguments for c in state.message.tool_calls] == [{"city": "Oslo"}] and state.partial_call is None
+    assert state.finish_reason == "tool_calls"
+    plan.forced = False  # a reply that was not forced stays text
+    _, state = _run(plan, ['{"name": "get_weather", ', '"arguments": {"city": "Oslo'], reason="length")
+    assert state.partial_call is None and state.message.content.startswith('{"name"')
 
 
 # ---- errors and metrics ----------------------------------------------------------------------
