@@ -16,12 +16,15 @@ EPILOG = """examples:
       --out tools_sft.jsonl --fail-on-contamination
   herd sdg tools --tools tools.json --stubs stubs.py -n 300 --requests template --out t.jsonl   # small models
   herd sdg instruct --seeds seeds.jsonl -n 500 --out instruct.jsonl          # self-instruct
+  herd sdg instruct --seeds seeds.jsonl -n 500 --out safe.jsonl --llama-guard ./Llama-Guard-3-1B   # + a safety filter
   herd sdg rejection --data prompts.jsonl --out best.jsonl -n 4 --verifier exact   # best of N, verified
   herd train sft --data tools_sft.jsonl --out runs/tools --lora-rank 16      # then train on them
 tools.json: OpenAI tool definitions (a list, or {"tools": [...]}); stubs.py: one Python function per tool,
 called with the generated arguments (its return value, JSON-encoded, is the tool result; an exception drops
 the dialog). Each request is checked against the evaluation sets (--decontaminate, default humaneval,bfcl):
 overlapping dialogs are dropped and listed in the summary; --fail-on-contamination exits 1 instead.
+--llama-guard MODEL (tools, instruct) runs Llama Guard 3 in-process on the dialogs that passed the other
+filters and drops those it calls unsafe (counted per category) or whose verdict it cannot read.
 exit status: 0 done, 1 contamination found with --fail-on-contamination, 2 bad input
 """
 
@@ -44,6 +47,16 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
                    help="who writes the tool requests: the model (from the values it invented; then it must "
                    "make the call again from the request alone) or templates around the invented values (for "
                    "small models; the invented call is the call)")
+    t.add_argument("--request-templates", default=None, metavar="FILE",
+                   help='with --requests template: JSON {tool name: ["What is the weather in {city}?", ...]}, the '
+                        "tools' own request phrasings ({param} placeholders; every required one used)")
+    t.add_argument("--tools-per-dialog", type=int, default=None, metavar="K",
+                   help="offer K tools per dialog (the one it calls and K-1 others at random) instead of all")
+    t.add_argument("--keep-calls-without-answer", action="store_true",
+                   help="keep a dialog whose final answer fails its checks, ending with the call")
+    t.add_argument("--prompts-out", default=None, metavar="FILE",
+                   help="also write each dialog's request as a prompt for `herd train rejection-sample "
+                        "--verifier tool_call` ({messages, tools, expected_tool_calls})")
     t.add_argument("--model", "-m", default=None, help="in-process model (default: the embedded one)")
     t.add_argument("--base-url", default=None, metavar="URL", help="or an OpenAI-compatible endpoint")
     t.add_argument("--api-model", default=None, metavar="NAME")
@@ -60,6 +73,7 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--fail-on-contamination", action="store_true", help="exit 1 when any request overlaps")
     t.add_argument("--judge-min-score", type=float, default=None, metavar="S",
                    help="keep only dialogs whose answer the model, as a judge, scores >= S (0..1; off by default)")
+    _add_guard_options(t)
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     i = actions.add_parser("instruct", help="self-instruct: new instructions from seed tasks, then answers",
                            description="Self-instruct from seed tasks: the model proposes new tasks from a few "
@@ -80,6 +94,7 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     i.add_argument("--decontaminate", default="humaneval,bfcl")
     i.add_argument("--judge-min-score", type=float, default=None, metavar="S",
                    help="keep only answers the model, as a judge, scores >= S (0..1; off by default)")
+    _add_guard_options(i)
     i.add_argument("--json", action="store_true")
     from herd.cli.train import RS_EPILOG, add_rejection_options
 
@@ -88,6 +103,15 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
     add_rejection_options(rs)
     p.set_defaults(handler=cmd_sdg, sdg_parser=p)
     return p
+
+
+def _add_guard_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llama-guard", default=None, metavar="MODEL",
+                   help="drop the dialogs that Llama Guard 3 (a checkpoint path or pulled repo name, run in-process) "
+                   "calls unsafe, judging each dialog's last message in context; counted per violated category "
+                   "(off by default)")
+    p.add_argument("--llama-guard-excluded", default=None, metavar="S1,S2",
+                   help="Llama Guard categories to ignore (comma list of codes, e.g. S6,S8)")
 
 
 def cmd_sdg(args: argparse.Namespace) -> int:
@@ -123,9 +147,18 @@ def _generator(args: argparse.Namespace) -> tuple[Any, Any]:
     return local_generator(models, ref), models
 
 
-def _check_judge_option(args: argparse.Namespace) -> None:
+def _check_filter_options(args: argparse.Namespace) -> None:
+    """--judge-min-score and --llama-guard checked before anything is generated (the guard is loaded later)."""
     if args.judge_min_score is not None and not 0.0 <= args.judge_min_score <= 1.0:
         raise HerdError("--judge-min-score must be in 0..1")
+    if args.llama_guard_excluded is not None and args.llama_guard is None:
+        raise HerdError("--llama-guard-excluded needs --llama-guard")
+    if args.llama_guard is not None:
+        from herd import hub
+        from herd.safety.taxonomy import parse_codes
+
+        parse_codes(args.llama_guard_excluded, what="--llama-guard-excluded category")
+        hub.resolve(args.llama_guard)  # a missing checkpoint is one line now, not after the generation
 
 
 def _judged(args: argparse.Namespace, gen: Any, rows: list[dict[str, Any]], report: Any) -> list[dict[str, Any]]:
@@ -138,6 +171,26 @@ def _judged(args: argparse.Namespace, gen: Any, rows: list[dict[str, Any]], repo
     return asyncio.run(filters.judge_filter(rows, LLMJudge(gen), args.judge_min_score, report))
 
 
+def _guarded(args: argparse.Namespace, rows: list[dict[str, Any]], report: Any) -> list[dict[str, Any]]:
+    """--llama-guard: the rows the guard calls safe (all rows without it); loaded once the generator is gone."""
+    if args.llama_guard is None:
+        return rows
+    from tqdm import tqdm
+
+    from herd.safety.llama_guard import LlamaGuard
+    from herd.sdg import filters
+
+    if not rows:  # nothing to judge: the counts (0) without loading the guard
+        return filters.guard_filter(rows, None, report)
+    guard = LlamaGuard.load(args.llama_guard, excluded_categories=args.llama_guard_excluded or ())
+    with tqdm(total=len(rows), unit="dialog", desc="llama guard", file=sys.stderr, dynamic_ncols=True) as bar:
+        kept = filters.guard_filter(rows, guard, report, progress=bar.update)
+    if report.counts.get("llama_guard_unreadable") == len(rows):
+        print(f"herd: warning: no Llama Guard verdict could be read ('safe' or 'unsafe' and codes): is "
+              f"{args.llama_guard} a Llama Guard 3 checkpoint?", file=sys.stderr)
+    return kept
+
+
 def _instruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -148,11 +201,11 @@ def _instruct(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.concurrency < 1 or args.shots < 1:
         raise HerdError("-n, --shots and --concurrency must be >= 1")
+    _check_filter_options(args)
     seeds = read_seeds(args.seeds)
     sets = [] if args.decontaminate.strip().lower() == "none" else \
         [x.strip() for x in args.decontaminate.split(",") if x.strip()]
     decon = filters.Decontaminator(eval_prompts(sets)) if sets else None
-    _check_judge_option(args)
     report = filters.FilterReport()
     gen, models = _generator(args)
     try:
@@ -167,29 +220,46 @@ def _instruct(args: argparse.Namespace) -> int:
     rows = result.dialogs
     flagged = decon.check(rows) if decon else {}
     rows = [r for k, r in enumerate(rows) if k not in flagged]
+    report.add("contaminated", len(flagged))
+    rows = _guarded(args, rows, report)
     write_jsonl(args.out, rows)
     summary = {"out": str(args.out), "dialogs": len(rows), "instructions": len(result.instructions),
-               "filtered": {**result.counts, **report.counts, "contaminated": len(flagged)},
-               "decontaminated_against": sets}
+               "filtered": {**result.counts, **report.counts},
+               "filtered_detail": report.detail, "decontaminated_against": sets}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{len(rows)} dialogs -> {args.out}; {summary['filtered']}")
+        print(f"{len(rows)} dialogs -> {args.out}; {summary['filtered']}"
+              + (f"; by category {report.detail}" if report.detail else ""))
     return 0
 
 
 def _tools(args: argparse.Namespace) -> int:
     from herd.sdg import filters
     from herd.sdg.evalsets import eval_prompts
-    from herd.sdg.tools import calls_valid, generate_tool_dialogs, load_stubs, read_tools, tool_names
+    from herd.sdg.tools import (
+        as_prompt,
+        calls_valid,
+        generate_tool_dialogs,
+        load_stubs,
+        read_request_templates,
+        read_tools,
+        tool_names,
+    )
     from herd.train.rejection import write_jsonl
 
     if args.n < 1 or args.concurrency < 1:
         raise HerdError("-n and --concurrency must be >= 1")
+    _check_filter_options(args)
     if args.base_url and not args.api_model:
         raise HerdError("--base-url needs --api-model (the model's name there)")
     tools = read_tools(args.tools)
     stubs = load_stubs(args.stubs)
+    if args.tools_per_dialog is not None and args.tools_per_dialog < 1:
+        raise HerdError("--tools-per-dialog must be >= 1")
+    if args.request_templates and args.requests != "template":
+        raise HerdError("--request-templates needs --requests template")
+    templates = read_request_templates(args.request_templates, tools) if args.request_templates else None
     from herd.tokenizer.messages import to_tools
 
     missing = [d.tool_name for d in to_tools(tools) if d.tool_name not in stubs]
@@ -206,9 +276,11 @@ def _tools(args: argparse.Namespace) -> int:
             return await generate_tool_dialogs(gen, tools, stubs, n=args.n, seed=args.seed,
                                                temperature=args.temperature, no_tool_share=args.no_tool_share,
                                                concurrency=args.concurrency, requests=args.requests,
+                                               tools_per_dialog=args.tools_per_dialog,
+                                               request_templates=templates,
+                                               keep_calls_without_answer=args.keep_calls_without_answer,
                                                progress=bar.update)
 
-    _check_judge_option(args)
     report = filters.FilterReport()
     gen, models = _generator(args)
     try:
@@ -230,15 +302,18 @@ def _tools(args: argparse.Namespace) -> int:
     contaminated = [{"request": filters.prompt_text(rows[i]), "overlap": g} for i, g in sorted(flagged.items())]
     rows = [r for i, r in enumerate(rows) if i not in flagged]
     report.add("contaminated", len(contaminated))
+    rows = _guarded(args, rows, report)
     write_jsonl(args.out, rows)
+    if args.prompts_out:
+        write_jsonl(args.prompts_out, [as_prompt(r) for r in rows])
     summary = {"out": str(args.out), "dialogs": len(rows), "generation": result.counts,
-               "generation_errors": result.first_errors, "filtered": report.counts, "decontaminated_against": sets,
-               "contaminated": contaminated[:20], "tools": tool_names(rows)}
+               "generation_errors": result.first_errors, "filtered": report.counts, "filtered_detail": report.detail,
+               "decontaminated_against": sets, "contaminated": contaminated[:20], "tools": tool_names(rows)}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{len(rows)} dialogs -> {args.out}; generation {result.counts}; filtered {report.counts}; "
-              f"per tool {summary['tools']}")
+        print(f"{len(rows)} dialogs -> {args.out}; generation {result.counts}; filtered {report.counts}"
+              + (f" (by category {report.detail})" if report.detail else "") + f"; per tool {summary['tools']}")
         for c in contaminated[:5]:
             print(f"contaminated: {c['request'][:80]!r} shares {c['overlap']!r}", file=sys.stderr)
     if contaminated and args.fail_on_contamination:

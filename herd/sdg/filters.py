@@ -1,12 +1,14 @@
-"""Filters for synthetic data: exact and near-duplicate removal, length, language, and decontamination
-against evaluation sets. Each takes records (dicts) and a `text` function that says what to look at, and
-returns the records it keeps; `FilterReport` counts what each step removed (or flagged).
+"""Filters for synthetic data: exact and near-duplicate removal, length, language, decontamination against
+evaluation sets, an LLM judge and Llama Guard 3. The text filters take records (dicts) and a `text` function
+that says what to look at; the judge and the guard read a record's chat `messages`. Each returns the records
+it keeps; `FilterReport` counts what each step removed (or flagged).
 
     report = FilterReport()
     rows = exact_dedupe(rows, prompt_text, report)
     rows = near_dedupe(rows, prompt_text, report, threshold=0.8)
     rows = length_filter(rows, prompt_text, report, min_chars=8, max_chars=2000)
     hits = Decontaminator(eval_prompts(["humaneval", "bfcl"])).check(rows, prompt_text)   # flagged, by index
+    rows = guard_filter(rows, LlamaGuard.load("./Llama-Guard-3-1B"), report)   # Llama Guard 3's safe dialogs
 
 Near-duplicates are found with MinHash over word 3-gram shingles and locality-sensitive hashing (bands of
 rows; candidates then checked by their true Jaccard similarity), so the cost grows with the number of
@@ -31,12 +33,18 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 @dataclass
 class FilterReport:
-    """What each filter removed (or flagged), in the order they ran."""
+    """What each filter removed (or flagged), in the order they ran; `detail` breaks a count down (e.g. the
+    Llama Guard categories of the unsafe dialogs: {"llama_guard_unsafe": {"S1": 2}}; a dialog may name several)."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    detail: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, name: str, n: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+    def add_detail(self, name: str, key: str, n: int = 1) -> None:
+        d = self.detail.setdefault(name, {})
+        d[key] = d.get(key, 0) + n
 
 
 def words(text: str) -> list[str]:
@@ -218,4 +226,47 @@ async def judge_filter(rows: Sequence[dict[str, Any]], judge: Any, min_score: fl
     out = [{**r, "judge_score": s} for r, s in zip(rows, scores) if s is not None and s >= min_score]
     if report is not None:
         report.add("judge", len(rows) - len(out))
+    return out
+
+
+def guard_filter(rows: Sequence[dict[str, Any]], guard: Any, report: FilterReport | None = None, *,
+                 batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Keep the dialogs a Llama Guard 3 (herd.safety.llama_guard.LlamaGuard) calls safe.
+
+    Each row's `messages` go to `guard.classify` as they are, `batch_size` at a time: the guard judges the last
+    message in the context of the others (tool calls and tool results as `guard_turns` reads them). Unsafe
+    dialogs are dropped and counted as "llama_guard_unsafe", their violated categories in the report's detail;
+    a guard output that is neither `safe` nor `unsafe` and codes is dropped and counted as
+    "llama_guard_unreadable" (a batch holding one is judged again one dialog at a time, so it spoils no other)."""
+    from herd.safety.llama_guard import GuardOutputError
+
+    def one(conversation: Any) -> Any:
+        try:
+            return guard.classify([conversation])[0]
+        except GuardOutputError:
+            return None
+
+    out: list[dict[str, Any]] = []
+    unsafe = unreadable = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        conversations = [r["messages"] for r in batch]
+        try:
+            verdicts = guard.classify(conversations)
+        except GuardOutputError:
+            verdicts = [one(c) for c in conversations]
+        for row, v in zip(batch, verdicts):
+            if v is None:
+                unreadable += 1
+            elif v.safe:
+                out.append(row)
+            else:
+                unsafe += 1
+                for code in v.violated if report is not None else ():
+                    report.add_detail("llama_guard_unsafe", code)
+        if progress is not None:
+            progress(len(batch))
+    if report is not None:
+        report.add("llama_guard_unsafe", unsafe)
+        report.add("llama_guard_unreadable", unreadable)
     return out

@@ -27,6 +27,7 @@ import importlib.util
 import inspect
 import json
 import random
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +135,72 @@ def template_request(tool: ToolDefinition, arguments: dict[str, Any], rng: rando
     return " ".join((opener + body).split())
 
 
+def read_request_templates(path: str | Path, tools: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """{tool name: [request template, ...]} from a JSON file; each template's `{param}` placeholders must be
+    the tool's properties and name every required one."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise HerdError(f"{path}: cannot read request templates: {e}") from None
+    if not isinstance(raw, dict):
+        raise HerdError(f"{path}: expected an object {{tool name: [template, ...]}}")
+    defs = {d.tool_name: d for d in to_tools(tools)}
+    for name, templates in raw.items():
+        if name not in defs:
+            raise HerdError(f"{path}: {name!r} is not a tool in the tools file")
+        if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
+            raise HerdError(f"{path}: {name}: expected a non-empty list of template strings")
+        params = defs[name].parameters or {}
+        props, required = set(params.get("properties", {})), set(params.get("required", []))
+        for t in templates:
+            try:
+                used = template_fields(t)
+            except ValueError as e:
+                raise HerdError(f"{path}: {name}: template {t!r}: {e}") from None
+            if used - props or required - used:
+                raise HerdError(f"{path}: {name}: template {t!r} must use only the tool's parameters "
+                                f"({', '.join(sorted(props)) or 'none'}) and all required ones")
+    return raw
+
+
+def _spoken(value: Any) -> str:
+    """A call value as a person would write it in a request."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        words = [_spoken(v) for v in value]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {_spoken(v)}" for k, v in value.items())
+    return str(value)
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{param}` placeholders of a request template."""
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+def fill_template(template: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(the request, the arguments it states): optional arguments the template leaves out are dropped.
+    Every placeholder must have a value in `arguments`."""
+    used = template_fields(template)
+    kept = {k: v for k, v in arguments.items() if k in used}
+    return template.format(**{k: _spoken(v) for k, v in kept.items()}), kept
+
+
+def _blank_values(arguments: dict[str, Any]) -> bool:
+    return any(isinstance(v, str) and not v.strip() for v in arguments.values())
+
+
 async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[ToolDefinition], stubs: dict[str, Any],
                       index: int, *, tool: ToolDefinition | None, seed: int, temperature: float,
-                      result: ToolSDGResult, requests: str = "model") -> dict[str, Any] | None:
+                      result: ToolSDGResult, requests: str = "model",
+                      request_templates: dict[str, list[str]] | None = None,
+                      keep_calls_without_answer: bool = False) -> dict[str, Any] | None:
+    """One dialog offering `tools` (`defs`, the same as ToolDefinitions) that calls `tool` (None: no call)."""
     import jsonschema
 
     rng = random.Random(seed * 1_000_003 + index)
@@ -150,15 +214,25 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         invented = await complete(gen, ChatRequest(
             [Message("user", f"Invent realistic example values for a call to the tool {tool.tool_name} "
                              f"({tool.description}), as {persona} would need them.")],
-            defs, tool.tool_name, temperature=temperature, seed=seed + index, max_tokens=160))
+            [tool], tool.tool_name, temperature=temperature, seed=seed + index, max_tokens=160))
         if len(invented.message.tool_calls) != 1:
             result.count("no_call")
+            return None
+        if _blank_values(invented.message.tool_calls[0].arguments):
+            result.count("blank_value")
             return None
         values = "; ".join(f"{k}: {v}" for k, v in invented.message.tool_calls[0].arguments.items())
         prompt = (f"Write the message that {persona} sends to an AI assistant to ask for this: "
                   f"{tool.description} ({values}). Mention every value. Be {style}. Write only the message.")
     if tool is not None and requests == "template":
-        request = template_request(tool, invented.message.tool_calls[0].arguments, rng)
+        arguments = invented.message.tool_calls[0].arguments
+        # the tool's templates whose every placeholder has a value (the model may leave optional ones out)
+        own = [t for t in (request_templates or {}).get(tool.tool_name, ()) if template_fields(t) <= set(arguments)]
+        if own:  # the tool's own phrasings; optional values a template leaves out leave the call too
+            request, arguments = fill_template(rng.choice(own), arguments)
+            invented.message.tool_calls[0].arguments = arguments
+        else:
+            request = template_request(tool, arguments, rng)
     else:
         request = _clean_request(await _ask(gen, prompt, temperature=temperature, seed=seed + index, max_tokens=96))
     if not request:
@@ -168,9 +242,9 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         result.count("bad_request", error=request[:200])  # a schema echoed, or not one message
         return None
     user = {"role": "user", "content": request}
+    request_msg = Message("user", request)
     if tool is None:
-        answer = await complete(gen, ChatRequest([Message("user", request)], defs, "none", temperature=0.0,
-                                                 max_tokens=160))
+        answer = await complete(gen, ChatRequest([request_msg], defs, "none", temperature=0.0, max_tokens=160))
         if not answer.message.content.strip():
             result.count("empty_answer")
             return None
@@ -178,7 +252,7 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
     if requests == "template":  # the request was written from the invented call: that call is its answer
         calls = invented.message.tool_calls
     else:
-        called = await complete(gen, ChatRequest([Message("user", request)], defs, tool.tool_name, temperature=0.0,
+        called = await complete(gen, ChatRequest([request_msg], defs, tool.tool_name, temperature=0.0,
                                                  max_tokens=192))
         calls = called.message.tool_calls
     if len(calls) != 1 or calls[0].tool_name != tool.tool_name:
@@ -200,6 +274,8 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         return None
     call_id = f"call_{index}"
     tc = ToolCall(call_id, tool.tool_name, call.arguments)
+    call_only = {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [tc.to_openai()]}],
+                 "tools": tools}
     # the answer from the result in plain words, asked as a fresh question (a small model shown the call and
     # the result as a dialog tends to write the call again)
     answer = await complete(gen, ChatRequest(
@@ -209,13 +285,18 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         temperature=0.0, max_tokens=160))
     text = answer.message.content.strip()
     if not text:
-        result.count("empty_answer")
-        return None
-    if text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text or "returned:" in text:
-        result.count("bad_answer", error=text[:200])  # the call or the prompt repeated instead of an answer
-        return None
-    if not answer_uses(text, value):
-        result.count("ungrounded_answer", error=text[:200])  # says nothing the tool returned
+        failure: tuple[str, str | None] | None = ("empty_answer", None)
+    elif text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text or "returned:" in text:
+        failure = ("bad_answer", text[:200])  # the call or the prompt repeated instead of an answer
+    elif not answer_uses(text, value):
+        failure = ("ungrounded_answer", text[:200])  # says nothing the tool returned
+    else:
+        failure = None
+    if failure is not None:
+        result.count(failure[0], error=failure[1])
+        if keep_calls_without_answer:  # the call is still one to learn: the dialog ends with it
+            result.count("kept_call_only")
+            return call_only
         return None
     return {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [tc.to_openai()]},
                          {"role": "tool", "tool_call_id": call_id, "content": content},
@@ -225,9 +306,20 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
 async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stubs: dict[str, Any], *, n: int,
                                 seed: int = 0, temperature: float = 1.0, no_tool_share: float = 0.15,
                                 concurrency: int = 16, requests: str = "model",
+                                tools_per_dialog: int | None = None,
+                                request_templates: dict[str, list[str]] | None = None,
+                                keep_calls_without_answer: bool = False,
                                 progress: Callable[[int], None] | None = None) -> ToolSDGResult:
-    """n attempted dialogs (see the module docstring); the ones that survive, with counts of the others."""
+    """n attempted dialogs (see the module docstring); the ones that survive, with counts of the others.
+
+    `tools_per_dialog` k: each dialog offers k of the tools (the one it calls and k-1 others drawn at
+    random, in random order; a dialog that needs no tool: any k), not all of them: shorter prompts, and a
+    model that learns to pick the right tool among others and to call none when none fits.
+    `request_templates` ({tool: [template]}, requests="template"): the tools' own request phrasings.
+    `keep_calls_without_answer`: a dialog whose final answer fails its checks is kept up to the call."""
     defs = to_tools(tools)
+    if tools_per_dialog is not None and not 1 <= tools_per_dialog:
+        raise HerdError("tools_per_dialog must be >= 1")
     missing = [d.tool_name for d in defs if d.tool_name not in stubs]
     if missing:
         raise HerdError(f"no stub implementation for {', '.join(missing)} (define a function of that name in --stubs)")
@@ -237,16 +329,26 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
         raise HerdError(f"requests must be 'model' or 'template', got {requests!r}")
     result = ToolSDGResult()
     rng = random.Random(seed)
-    plan: list[ToolDefinition | None] = []
+    plan: list[tuple[ToolDefinition | None, list[int]]] = []
+    k = min(tools_per_dialog or len(defs), len(defs))
     for i in range(n):
-        plan.append(None if rng.random() < no_tool_share else defs[i % len(defs)])
+        tool = None if rng.random() < no_tool_share else i % len(defs)
+        others = [j for j in range(len(defs)) if j != tool]
+        offered = ([] if tool is None else [tool]) + rng.sample(others, k - (tool is not None))
+        if k < len(defs):
+            rng.shuffle(offered)
+        else:
+            offered = list(range(len(defs)))  # all of them, in the file's order
+        plan.append((None if tool is None else defs[tool], offered))
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, tool: ToolDefinition | None) -> dict[str, Any] | None:
+    async def one(i: int, tool: ToolDefinition | None, offered: list[int]) -> dict[str, Any] | None:
         async with gate:
             try:
-                return await make_dialog(gen, tools, defs, stubs, i, tool=tool, seed=seed, temperature=temperature,
-                                         result=result, requests=requests)
+                return await make_dialog(gen, [tools[j] for j in offered], [defs[j] for j in offered], stubs, i,
+                                         tool=tool, seed=seed, temperature=temperature, result=result,
+                                         requests=requests, request_templates=request_templates,
+                                         keep_calls_without_answer=keep_calls_without_answer)
             except HerdError as e:  # e.g. the request does not fit the model's context
                 result.count("model_error", error=str(e))
                 return None
@@ -254,7 +356,7 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
                 if progress:
                     progress(1)
 
-    dialogs = await asyncio.gather(*(one(i, t) for i, t in enumerate(plan)))
+    dialogs = await asyncio.gather(*(one(i, t, offered) for i, (t, offered) in enumerate(plan)))
     result.count("attempted", n)
     result.dialogs = [d for d in dialogs if d is not None]
     result.count("generated", len(result.dialogs))
@@ -312,6 +414,15 @@ def calls_valid(dialog: dict[str, Any]) -> bool:
                     json.loads(fn["arguments"])):
                 return False
     return True
+
+
+def as_prompt(dialog: dict[str, Any]) -> dict[str, Any]:
+    """A dialog's first user turn as a `herd train rejection-sample --verifier tool_call` prompt: the
+    offered tools and the calls the first reply should make (none for a dialog that needs no tool)."""
+    first = dialog["messages"][1] if len(dialog["messages"]) > 1 else {}
+    calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+             for c in first.get("tool_calls") or []]
+    return {"messages": dialog["messages"][:1], "tools": dialog.get("tools", []), "expected_tool_calls": calls}
 
 
 def tool_names(dialogs: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -1,15 +1,14 @@
 """Fixtures for the safety tests: tiny Llama-Guard-shaped checkpoints (Meta and HF layout)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+import guardkit
 import pytest
 import torch
-from guardkit import TEMPLATE_8B, TINY_GUARD, write_hf_tokenizer
+from guardkit import TEMPLATE_8B, TINY_GUARD, save_meta_guard, write_hf_tokenizer
 
-from herd.hub import random_model
-from herd.model.weights import save_hf, save_meta
+from herd.model.weights import save_hf
 from herd.tokenizer.tokenizer import (
     LLAMA3_SPECIAL_NAMES,
     Llama3Tokenizer,
@@ -24,16 +23,13 @@ def llama3() -> Llama3Tokenizer:
 
 @pytest.fixture(scope="session")
 def tiny_guard_model() -> torch.nn.Module:
-    return random_model(TINY_GUARD, dtype=torch.float32, device=torch.device("cpu"), seed=3)
+    return guardkit.tiny_guard_model(seed=3)
 
 
 @pytest.fixture(scope="session")
 def guard_meta_dir(tmp_path_factory: pytest.TempPathFactory, tiny_guard_model: torch.nn.Module) -> Path:
     """Meta layout (params.json, consolidated.00.pth, tokenizer.model): no chat template."""
-    d = tmp_path_factory.mktemp("guard_meta")
-    save_meta(tiny_guard_model, TINY_GUARD, d)
-    shutil.copy(default_llama3_tokenizer_path(), d / "tokenizer.model")
-    return d
+    return save_meta_guard(tiny_guard_model, tmp_path_factory.mktemp("guard_meta"))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Test helpers for the safety tests: the tiny guard shape, the Llama Guard chat templates, and the
-test-only logits processor that forces what a guard model "says"."""
+"""Test helpers for the safety tests (and others that need a guard): the tiny guard shape and a Meta-layout
+checkpoint of it, the Llama Guard chat templates, and the test-only logits processor that forces what a guard
+model "says"."""
 from __future__ import annotations
 
 import json
@@ -13,11 +14,29 @@ from typing import Any
 import torch
 
 from herd.config import ModelArgs, RopeScaling
+from herd.tokenizer.tokenizer import default_llama3_tokenizer_path
 
 # A Llama-Guard-3-1B-shaped model (tied embeddings, RoPE factor 32) shrunk to a few layers of width 64;
 # the real Llama 3 vocabulary, so prompts tokenize exactly as for the real guard.
 TINY_GUARD = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=32,
                        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, max_seq_len=4096)
+
+
+def tiny_guard_model(seed: int = 3) -> torch.nn.Module:
+    """A random TINY_GUARD in float32 on the CPU."""
+    from herd.hub import random_model
+
+    return random_model(TINY_GUARD, dtype=torch.float32, device=torch.device("cpu"), seed=seed)
+
+
+def save_meta_guard(model: torch.nn.Module, d: Path) -> Path:
+    """A TINY_GUARD model in Meta layout (params.json, consolidated.00.pth, tokenizer.model): no chat template."""
+    from herd.model.weights import save_meta
+
+    save_meta(model, TINY_GUARD, d)
+    shutil.copy(default_llama3_tokenizer_path(), d / "tokenizer.model")
+    return d
+
 
 # The chat template of meta-llama/Llama-Guard-3-8B (tokenizer_config.json): string contents, all 14
 # categories always listed, a leading space before <|begin_of_text|>, no "\n\n" after the final header.
@@ -121,15 +140,17 @@ Dist = dict[int, float]
 
 
 @contextmanager
-def forcing(model: torch.nn.Module, table: dict[int, Dist]) -> Iterator[None]:
+def forcing(model: torch.nn.Module, table: dict[Any, Dist]) -> Iterator[None]:
     """Wrap model.forward_flat: a row whose last input token is a key of `table` gets exactly that
-    distribution (token id -> probability) as its next-token logits. Restored on exit."""
+    distribution (token id -> probability) as its next-token logits; a key (token id, position) matches only
+    that token at that position (so prompts of different lengths can be told apart) and comes first.
+    Restored on exit."""
     original = model.forward_flat
 
     def forced(tokens: torch.Tensor, positions: torch.Tensor, cache: Any, logits_idx: torch.Tensor) -> torch.Tensor:
         logits = original(tokens, positions, cache, logits_idx)
-        for row, prev in enumerate(tokens[logits_idx].tolist()):
-            dist = table.get(prev)
+        for row, (prev, pos) in enumerate(zip(tokens[logits_idx].tolist(), positions[logits_idx].tolist())):
+            dist = table.get((prev, pos), table.get(prev))
             if dist is not None:
                 logits[row] = -1e9
                 for tid, p in dist.items():
@@ -157,6 +178,14 @@ def say(tokenizer: Any, text: str, after: int, first: Dist | None = None, steps:
         table[after] = first
     table.update(steps or {})
     return table
+
+
+def say_to(tokenizer: Any, text: str, prompt_ids: list[int]) -> dict[Any, Dist]:
+    """A forcing table making greedy decoding emit `text` then <|eot_id|> after exactly this prompt's length
+    (keys (previous token, its position)): prompts of other lengths are left alone."""
+    ids = tokenizer.encode(text) + [tokenizer.special_tokens["<|eot_id|>"]]
+    start = len(prompt_ids) - 1
+    return {(p, start + i): {t: 1.0} for i, (p, t) in enumerate(zip([prompt_ids[-1], *ids[:-1]], ids))}
 
 
 # ---- a tiny Prompt Guard ------------------------------------------------------------------------

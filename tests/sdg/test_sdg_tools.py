@@ -59,10 +59,10 @@ def files(tmp_path):
     return tools, stubs
 
 
-def check_run(tmp_path, tools, stubs, n: int) -> tuple[dict, list[dict]]:
+def check_run(tmp_path, tools, stubs, n: int, *extra: str) -> tuple[dict, list[dict]]:
     out = tmp_path / "dialogs.jsonl"
     r = herd_cli("sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", str(n), "--requests",
-                 "template", "--concurrency", "32", "--out", str(out), "--json")
+                 "template", "--concurrency", "32", "--out", str(out), "--json", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     dialogs = [json.loads(x) for x in out.read_text().splitlines()]
@@ -79,11 +79,14 @@ def check_run(tmp_path, tools, stubs, n: int) -> tuple[dict, list[dict]]:
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     for d in dialogs:
         msgs = d["messages"]
-        assert msgs[0]["role"] == "user" and msgs[-1]["role"] == "assistant" and msgs[-1]["content"]
+        call_only = "--keep-calls-without-answer" in extra and len(msgs) == 2 and msgs[-1].get("tool_calls")
+        assert msgs[0]["role"] == "user" and msgs[-1]["role"] == "assistant" and (msgs[-1]["content"] or call_only)
         for m in msgs:
             for c in m.get("tool_calls") or []:
                 args = json.loads(c["function"]["arguments"])
                 jsonschema.validate(args, schemas[c["function"]["name"]])  # every call validates
+                if call_only:
+                    continue
                 result = next(x for x in msgs if x["role"] == "tool" and x["tool_call_id"] == c["id"])
                 value = json.loads(json.dumps(getattr(module, c["function"]["name"])(**args)))
                 assert json.loads(result["content"]) == value  # the stub's real output
@@ -114,9 +117,12 @@ def test_tool_dialogs_validate_and_count(files, tmp_path):
 
 @pytest.mark.slow
 def test_two_hundred_dialogs(files, tmp_path):
-    summary, dialogs = check_run(tmp_path, *files, n=1000)  # ~25 % of the 135M model's attempts survive
+    # ~25 % of the 135M model's answers state the result; the others keep their (valid, executed) call only
+    summary, dialogs = check_run(tmp_path, *files, 400, "--keep-calls-without-answer")
     assert len(dialogs) >= 200, summary
     assert set(summary["tools"]) >= {"get_weather", "convert_currency", "book_table"}
+    answered = sum(1 for d in dialogs if len(d["messages"]) == 4)
+    print(f"{len(dialogs)} dialogs, {answered} with an answer, {summary['generation']}")
 
 
 def test_decontamination_flags_a_planted_bfcl_prompt():
@@ -204,3 +210,74 @@ def test_judge_threshold_filter(files, tmp_path):
     gen = summary["generation"]["generated"]
     others = sum(v for k, v in summary["filtered"].items() if k != "judge")
     assert summary["filtered"]["judge"] + others + len(rows) == gen  # every judged dialog is counted once
+
+
+REQUESTS = {"get_weather": ["What's the weather in {city}?", "Weather for {city} in {unit}, please."],
+            "convert_currency": ["How much is {amount} {from_currency} in {to_currency}?"],
+            "book_table": ["Book {restaurant} for {people} at {time}."]}
+
+
+def test_request_templates_are_checked_and_filled(tmp_path):
+    from herd.errors import HerdError
+    from herd.sdg.tools import fill_template, read_request_templates
+
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps(REQUESTS))
+    assert read_request_templates(path, TOOLS) == REQUESTS
+    for bad, words in (({"get_weather": ["Weather?"]}, "all required ones"),
+                       ({"get_weather": ["Weather in {town}?"]}, "only the tool's parameters"),
+                       ({"fly": ["x"]}, "'fly' is not a tool"), ({"get_weather": []}, "non-empty list"),
+                       ({"get_weather": ["{city"]}, "template '{city'")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(HerdError, match=words):
+            read_request_templates(path, TOOLS)
+    # optional values the template leaves out leave the call; values are written as a person would
+    assert fill_template("What's the weather in {city}?", {"city": "Oslo", "unit": "celsius"}) == \
+        ("What's the weather in Oslo?", {"city": "Oslo"})
+    assert fill_template("{a} / {b} / {c} / {d}", {"a": True, "b": 2.50, "c": ["x", "y", "z"], "d": {"k_v": 1}}) == \
+        ("yes / 2.5 / x, y and z / k v 1", {"a": True, "b": 2.5, "c": ["x", "y", "z"], "d": {"k_v": 1}})
+
+
+def test_each_dialog_offers_k_tools_and_its_request_comes_from_the_tools_templates(files, tmp_path):
+    tools, stubs = files
+    requests, out = tmp_path / "requests.json", tmp_path / "d.jsonl"
+    requests.write_text(json.dumps(REQUESTS))
+    r = herd_cli("sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", "10", "--requests", "template",
+                 "--request-templates", str(requests), "--tools-per-dialog", "2", "--keep-calls-without-answer",
+                 "--no-tool-share", "0.3", "--seed", "3", "--out", str(out), "--json",
+                 "--prompts-out", str(tmp_path / "prompts.jsonl"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    dialogs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert dialogs and summary["dialogs"] == len(dialogs)
+    from herd.sdg.tools import fill_template, template_fields
+
+    calls = 0
+    for d in dialogs:
+        offered = [t["function"]["name"] for t in d["tools"]]
+        assert len(offered) == 2 == len(set(offered)) and set(offered) <= set(REQUESTS)
+        for m in d["messages"]:
+            for c in m.get("tool_calls") or []:
+                calls += 1
+                name, args = c["function"]["name"], json.loads(c["function"]["arguments"])
+                assert name in offered
+                # the request is one of the tool's templates filled with exactly the call's values
+                assert d["messages"][0]["content"] in {fill_template(t, args)[0] for t in REQUESTS[name]
+                                                       if template_fields(t) == set(args)}
+        if d["messages"][-1].get("tool_calls"):  # a call kept without its answer
+            assert len(d["messages"]) == 2
+    assert calls and summary["generation"]["kept_call_only"] == sum(
+        1 for d in dialogs if d["messages"][-1].get("tool_calls"))
+    # the same requests as rejection-sampling prompts, scored by the tool_call verifier against their calls
+    from herd.tokenizer.messages import Message, ToolCall
+    from herd.train.rejection import read_prompts, tool_call_match
+
+    prompts = read_prompts(tmp_path / "prompts.jsonl")
+    assert len(prompts) == len(dialogs)
+    for p, d in zip(prompts, dialogs):
+        assert p["messages"] == d["messages"][:1] and p["tools"] == d["tools"]
+        reply = Message("assistant", d["messages"][1].get("content") or "", tool_calls=[
+            ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in d["messages"][1].get("tool_calls") or []])
+        assert tool_call_match(p, reply) == 1.0  # the dialog's own reply is the right one
+        assert tool_call_match(p, Message("assistant", "I cannot.")) == float(not reply.tool_calls)
