@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from herd.generator import ChatDelta, ChatRequest
+from herd.serve.config import LimitSettings
 from herd.serve.generation import CallContext, Usage, generate
 from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
@@ -24,8 +25,10 @@ async def _never() -> bool:
 
 
 def local_context(request_id: str | None = None) -> CallContext:
-    """A CallContext for work that no HTTP request carries (the CLI's agent loop)."""
-    return CallContext(request_id or f"local-{uuid.uuid4().hex[:12]}", Metrics(), _never)
+    """A CallContext for work that no HTTP request carries (the CLI's agent loop, herd eval / sdg /
+    rejection-sample runs): no request timeout, since one context may serve a run of hours."""
+    return CallContext(request_id or f"local-{uuid.uuid4().hex[:12]}", Metrics(), _never,
+                       limits=LimitSettings(request_timeout=0))
 
 
 class ServedGenerator:

@@ -357,3 +357,10 @@ def test_minilm_matches_transformers_mean_pooling():
     assert json.dumps(enc.tokenize(["hi"])) == "[[101, 7632, 102]]"
     with pytest.raises(HerdError, match="at most 256"):
         enc.tokenize(["word " * 400], "none")
+
+
+def test_a_local_context_has_no_request_timeout():
+    # one context serves a whole herd eval / sdg run (hours); the server's 600 s would cut it
+    from herd.serve.generator import local_context
+
+    assert local_context().deadline.at == float("inf")
