@@ -19,7 +19,7 @@ EPILOG = """tasks:
   mc           your multiple-choice JSONL {question|context, choices, answer}, by log-likelihood; acc, acc_norm
   perplexity   your text (.txt, or JSONL with `text`), sliding window; perplexity, bits per byte
   generate     your JSONL {prompt|messages, answer|pattern|schema} with --scorer (exact_match, contains, regex,
-               f1, json_schema_valid, llm_judge)
+               f1, json_schema_valid, no_tool_call, llm_judge)
 examples:
   herd eval humaneval --limit 20                                  # the embedded model, in-process
   herd eval humaneval -n 10 --k 1,10 --temperature 0.8 --out runs/he-t08
@@ -70,7 +70,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     gen.add_argument("--retries", type=int, default=2, help="retries of a failed request (default 2)")
     sc = p.add_argument_group("scoring")
     sc.add_argument("--scorer", default=None, help="generate: exact_match (default), contains, regex, f1, "
-                    "json_schema_valid, llm_judge")
+                    "json_schema_valid, no_tool_call (1 when the reply calls no tool), llm_judge")
     sc.add_argument("--judge-model", default=None, metavar="NAME",
                     help="llm_judge: the judge (its name at --base-url, or an in-process model)")
     sc.add_argument("--rubric", default="correct, complete and concise", help="llm_judge: what to look for")

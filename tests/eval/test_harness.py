@@ -147,6 +147,18 @@ def test_generate_runs_scores_and_compares(tiny, tmp_path):
     assert r.returncode == 0 and "| contains |" in r.stdout, r.stderr
 
 
+def send_reply(handler: BaseHTTPRequestHandler, body: dict, message: dict) -> None:
+    """Answer a chat request with a chat.completion holding `message`."""
+    data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FlakyEndpoint(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint that answers its first `ok` chat requests and then fails with 500s."""
 
@@ -165,16 +177,7 @@ class FlakyEndpoint(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "the endpoint went away"}}')
             return
-        reply = {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": "Paris"}}],
-                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_reply(self, body, {"role": "assistant", "content": "Paris"})
 
     def log_message(self, *args):
         pass
@@ -202,6 +205,43 @@ def test_an_endpoint_failing_mid_run_gives_a_partial_summary(tmp_path):
     assert sum("error" in x for x in records) == 3
     assert FlakyEndpoint.served == 3 + 3 * 2  # each failed request tried twice (one retry)
     assert "Partial run" in (out / "summary.md").read_text()
+
+
+class ToolCallingEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that calls the first offered tool when the request mentions the weather,
+    and answers in text otherwise (its own tools and text both name a call, to tell them apart)."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        asks = body["messages"][-1]["content"]
+        message = {"role": "assistant", "content": '{"name": "get_weather", "arguments": {}}'}
+        if "weather" in asks and body.get("tools"):
+            fn = body["tools"][0]["function"]["name"]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": fn, "arguments": "{}"}}]}
+        send_reply(self, body, message)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_no_tool_call_scores_the_reply_not_its_text(tmp_path):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    rows = [{"prompt": "What is the weather in Oslo?", "tools": [tool]}, {"prompt": "Write a haiku.", "tools": [tool]},
+            {"prompt": "Is the weather nice?"}, {"prompt": "Name a colour.", "tools": [tool]}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ToolCallingEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = herd_cli("eval", "generate", "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--api-model",
+                     "m", "--data", str(data), "--scorer", "no_tool_call", "--out", str(tmp_path / "run"), "--json")
+    finally:
+        server.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [x["scores"]["no_tool_call"] for x in records] == [0.0, 1.0, 1.0, 1.0]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["metrics"]["no_tool_call"]["value"] == 0.75
 
 
 def test_a_judge_that_answers_garbage_is_counted_unparseable(tmp_path):

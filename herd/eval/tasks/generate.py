@@ -3,7 +3,9 @@
 One record per line: `prompt` (a string) or `messages` (OpenAI chat messages ending with the user's turn),
 `tools` optional, an `id` optional (default: the line number), and what the scorer reads: `answer` (a string
 or a list of accepted strings) for exact_match / contains / f1 / llm_judge (optional there), `pattern` for
-regex, `schema` for json_schema_valid. --samples records are {"id", "output"} (or "completion").
+regex, `schema` for json_schema_valid; `no_tool_call` reads nothing (1 when the reply makes no tool call:
+with `tools` offered, whether a model leaves them alone when none is needed). --samples records are
+{"id", "output"} (or "completion").
 
     herd eval generate --data qa.jsonl --scorer f1 --model M
     herd eval generate --data qa.jsonl --scorer llm_judge --judge-model NAME --base-url URL --api-model M
@@ -22,7 +24,7 @@ from herd.eval.task import (DataError, Metric, Output, Sample, Score, TaskOption
 from herd.generator import ChatRequest
 from herd.tokenizer.messages import Message, to_messages, to_tools
 
-CHOICES = (*SCORERS, "llm_judge")
+CHOICES = (*SCORERS, "no_tool_call", "llm_judge")
 
 
 class GenerateTask:
@@ -96,6 +98,8 @@ class GenerateTask:
         return str(record["id"]), Output(Message("assistant", text))
 
     async def score(self, pairs: Sequence[tuple[Sample, Output]]) -> list[Score]:
+        if self.scorer == "no_tool_call":  # the reply, not its text: a call is not content that looks like one
+            return [Score({"no_tool_call": 0.0 if out.error else float(not out.message.tool_calls)}) for _, out in pairs]
         if self.scorer != "llm_judge":
             fn = SCORERS[self.scorer]
             return [Score({self.scorer: 0.0 if out.error else fn(s.data, _text(out))}) for s, out in pairs]
