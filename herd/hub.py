@@ -56,7 +56,30 @@ BUILTINS: dict[str, Builtin] = {
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432,
     ),
 }
-BUILTIN_MODELS = {name: b.description for name, b in BUILTINS.items()}
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A built-in model that is another built-in plus a LoRA adapter shipped inside Herd (herd/adapters/),
+    merged into the weights at load."""
+
+    description: str
+    base: str  # a BUILTINS name
+    adapter: str  # a directory under herd/adapters/ (PEFT format)
+
+    @property
+    def adapter_path(self) -> Path:
+        return Path(__file__).parent / "adapters" / self.adapter
+
+
+TUNED: dict[str, Tuned] = {
+    "smollm2-135m-tools": Tuned(
+        "SmolLM2-135M-Instruct + Herd's tool-calling LoRA adapter (MODEL_CARD.md; made by `make tune-default`)",
+        "smollm2-135m-instruct", "smollm2-135m-tools",
+    ),
+}
+BUILTIN_MODELS = {**{name: b.description for name, b in BUILTINS.items()},
+                  **{name: t.description for name, t in TUNED.items()}}
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -73,6 +96,7 @@ class ModelRef:
     layout: Layout
     path: Path | None  # checkpoint directory or .gguf file; None for random:
     args: ModelArgs | None = None  # only for random:<preset>
+    lora: Path | None = None  # a PEFT adapter merged at load (a tuned built-in: TUNED)
 
 
 # ---- finding models ---------------------------------------------------------------------------
@@ -116,6 +140,12 @@ def resolve(ref: str | Path | None) -> ModelRef:
     name = str(ref) if ref is not None else DEFAULT_MODEL
     if name in BUILTINS:
         return ModelRef(name, "gguf", _builtin_or_error(name))
+    if name in TUNED:
+        t = TUNED[name]
+        if not (t.adapter_path / "adapter_config.json").is_file():
+            raise HerdError(f"{name}: its adapter is not in this installation ({t.adapter_path}); "
+                            "`make tune-default` makes it")
+        return ModelRef(name, "gguf", _builtin_or_error(t.base), lora=t.adapter_path)
     if name.startswith("random:"):
         return ModelRef(name, "random", None, preset(name.split(":", 1)[1]))
     path = Path(name).expanduser()
@@ -127,7 +157,7 @@ def resolve(ref: str | Path | None) -> ModelRef:
             return ModelRef(name, "gguf", ggufs[0]) if only_gguf else ModelRef(name, detect_layout(pulled), pulled)
         raise HerdError(f"{name}: no such file or directory, and not pulled yet; get it with: herd pull {name}")
     if not path.exists():
-        known = ", ".join([*BUILTINS, *(f"random:{p}" for p in PRESETS)])
+        known = ", ".join([*BUILTIN_MODELS, *(f"random:{p}" for p in PRESETS)])
         raise HerdError(f"{name}: no such file or directory, and not a built-in model ({known})")
     return ModelRef(name, detect_layout(path), path)
 
@@ -477,7 +507,8 @@ def load(
     """Load (model, tokenizer) for a reference; random:<preset> weights come from `seed`.
 
     lora: a PEFT LoRA adapter directory (herd train's OUT/adapter, or peft's), merged into the weights at
-    load (before any quantization), so the model runs at the base's speed.
+    load (before any quantization), so the model runs at the base's speed. A tuned built-in's own adapter
+    (`ref.lora`) is merged first, then this one.
 
     quantize: None keeps the plain reference model (llama.py); otherwise the blocks are swapped for
     fused ones (herd/model/fused.py) whose projections are then "bf16" / "int8" / "int4"
@@ -498,17 +529,19 @@ def load(
     dtype = dtype or default_dtype(device)
     tokenizer = load_tokenizer_for(ref)
     hook = block_hook(quantize) if quantize is not None else None
-    load_hook = None if lora is not None else hook  # an adapter merges into the loaded weights first
+    adapters = [a for a in (ref.lora, lora) if a is not None]
+    load_hook = None if adapters else hook  # an adapter merges into the loaded weights first
     if ref.layout == "random":
         model = random_model(ref.args, dtype=dtype, device=device, seed=seed, on_block=load_hook)
     else:
         model = load_model(ref.path, dtype=dtype, device=device, on_block=load_hook)
     if not isinstance(model, Transformer):  # pragma: no cover - guards the contract
         raise TypeError("load_model must return a herd Transformer")
-    if lora is not None:
+    if adapters:
         from herd.model.lora import load_peft_adapter, strip_lora
 
-        strip_lora(load_peft_adapter(model, lora))  # merged, the plain modules back
+        for adapter in adapters:
+            strip_lora(load_peft_adapter(model, adapter))  # merged, the plain modules back
         for i in range(len(model.layers)) if hook is not None else ():
             hook(model, i)
     if quantize is not None:

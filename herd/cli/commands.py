@@ -141,6 +141,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         path = hub.builtin_path(name)
         where = f"at {path}" if path is not None else f"not downloaded: herd pull {name}"
         print(f"  {name}{mark}: {b.description}, {format_bytes(b.size)}; {where}")
+    for name, t in hub.TUNED.items():
+        mark = " (default)" if name == hub.DEFAULT_MODEL else ""
+        shipped = (t.adapter_path / "adapter_config.json").is_file()
+        print(f"  {name}{mark}: {t.description}" + ("" if shipped else " (adapter not in this installation)"))
     print("random-weight presets (real Llama 3 tokenizer), use as random:<preset>. Weights as loaded with")
     print("--dtype float32 / bfloat16 and --quantize int8 / int4 (float32 embeddings), KV cache per 1K tokens:")
     cols = ("preset", "params", "float32", "bfloat16", "int8", "int4", "KV/1K (bf16)")

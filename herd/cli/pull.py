@@ -55,14 +55,15 @@ def add_pull_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_pull(args: argparse.Namespace) -> int:
     from herd import hub
 
-    if args.name in hub.BUILTINS:
-        path = pull_builtin(args.name, find_links=args.find_links, no_index=args.no_index, force=args.force)
+    if args.name in hub.BUILTINS or args.name in hub.TUNED:  # a tuned one's adapter ships with herd: its base
+        name = hub.TUNED[args.name].base if args.name in hub.TUNED else args.name
+        path = pull_builtin(name, find_links=args.find_links, no_index=args.no_index, force=args.force)
     elif args.name.startswith("random:"):
         raise HerdError(f"{args.name} needs no download: its weights are made up on the spot")
     elif hub.is_hf_repo(args.name):
         path = pull_hf(args.name, file=args.file, revision=args.revision, force=args.force)
     else:
-        known = ", ".join(hub.BUILTINS)
+        known = ", ".join(hub.BUILTIN_MODELS)
         raise HerdError(f"{args.name}: not a built-in model ({known}) nor a Hugging Face repo ORG/NAME")
     print(f"{args.name}: {path}")
     return 0
