@@ -27,6 +27,7 @@ import importlib.util
 import inspect
 import json
 import random
+import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -191,8 +192,15 @@ def fill_template(template: str, arguments: dict[str, Any]) -> tuple[str, dict[s
     return template.format(**{k: _spoken(v) for k, v in kept.items()}), kept
 
 
-def _blank_values(arguments: dict[str, Any]) -> bool:
-    return any(isinstance(v, str) and not v.strip() for v in arguments.values())
+_LOOP = re.compile(r"(.{3,}?)\1{2,}")  # a piece said three times in a row: a small model looping
+
+
+def implausible_value(arguments: dict[str, Any], max_chars: int = 80) -> str | None:
+    """The first invented string value that no user would write: blank, over `max_chars`, or looping."""
+    for k, v in arguments.items():
+        if isinstance(v, str) and (not v.strip() or len(v) > max_chars or _LOOP.search(v)):
+            return f"{k}={v[:100]!r}"
+    return None
 
 
 async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[ToolDefinition], stubs: dict[str, Any],
@@ -218,8 +226,9 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         if len(invented.message.tool_calls) != 1:
             result.count("no_call")
             return None
-        if _blank_values(invented.message.tool_calls[0].arguments):
-            result.count("blank_value")
+        bad = implausible_value(invented.message.tool_calls[0].arguments)
+        if bad is not None:
+            result.count("implausible_value", error=bad)
             return None
         values = "; ".join(f"{k}: {v}" for k, v in invented.message.tool_calls[0].arguments.items())
         prompt = (f"Write the message that {persona} sends to an AI assistant to ask for this: "
@@ -286,8 +295,9 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
     text = answer.message.content.strip()
     if not text:
         failure: tuple[str, str | None] | None = ("empty_answer", None)
-    elif text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text or "returned:" in text:
-        failure = ("bad_answer", text[:200])  # the call or the prompt repeated instead of an answer
+    elif text.startswith(("{", "[")) or '"arguments"' in text or tool.tool_name in text or "returned:" in text \
+            or "```" in text or "assistant" in text.lower() or _LOOP.search(text):
+        failure = ("bad_answer", text[:200])  # the call or the prompt repeated, or talk about it, or a loop
     elif not answer_uses(text, value):
         failure = ("ungrounded_answer", text[:200])  # says nothing the tool returned
     else:

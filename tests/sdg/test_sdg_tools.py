@@ -281,3 +281,13 @@ def test_each_dialog_offers_k_tools_and_its_request_comes_from_the_tools_templat
             for c in d["messages"][1].get("tool_calls") or []])
         assert tool_call_match(p, reply) == 1.0  # the dialog's own reply is the right one
         assert tool_call_match(p, Message("assistant", "I cannot.")) == float(not reply.tool_calls)
+
+
+def test_implausible_invented_values_are_named():
+    from herd.sdg.tools import implausible_value
+
+    assert implausible_value({"city": "New York", "days": 5, "phone": "+1 555 0100", "n": "1000"}) is None
+    assert implausible_value({"city": "Oslo", "date": "2020-12-02T00:00:00:00:00:00"}).startswith("date=")
+    assert implausible_value({"city": "  "}) == "city='  '"
+    assert implausible_value({"city": "To get a reliable estimate you need to visit three cities in one year " * 2},
+                             max_chars=80).startswith("city=")
