@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install run chat test test-slow test-all reliability clean bench bench-train
+.PHONY: install run chat test test-slow test-all reliability clean bench bench-train tune-default
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -60,6 +60,11 @@ bench: install
 bench-train: install
 	@$(PY) -c "import trl" 2>/dev/null || $(PIP) install -q -c constraints.txt trl
 	$(PY) benchmarks/train.py
+
+# the default tool-calling model (MODEL_CARD.md): SDG -> LoRA SFT -> rejection sampling -> SFT -> eval, all
+# with herd commands; outputs in runs/tools-default (OUT=...), the adapter then ships in herd/adapters/
+tune-default: install
+	recipes/tools-default/recipe.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
