@@ -484,7 +484,7 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=row["step"] - 1, unit="step", desc=self.desc, dynamic_ncols=True,
+            self.bar = tqdm(total=self.total or row.get("total_steps"), initial=row["step"] - 1, unit="step", desc=self.desc, dynamic_ncols=True,
                             file=sys.stderr)
         self.bar.update(row["step"] - self.bar.n)
         rate = row["tokens"] / max(time.perf_counter() - self.t0, 1e-9)

@@ -342,7 +342,8 @@ def train(model: nn.Module, blocks: Sequence[PackedBlock], loss_fn: LossFn, cfg:
             loss_sum_all, step_tokens = distributed.all_sum([loss_sum_all, float(step_tokens)])
             tokens += int(step_tokens)
             loss_value = loss_sum_all / max(n_total, 1)
-            row = {"step": step + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
+            row = {"step": step + 1, "total_steps": total, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                   "tokens": tokens,
                    "trained_tokens": learnt, "epoch": chosen[-1][0],
                    "grad_norm": None if grad_norm is None else distributed.full_float(grad_norm),
                    "seconds": round(time.perf_counter() - t0, 3)}
