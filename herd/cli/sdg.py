@@ -54,6 +54,9 @@ def add_sdg_parser(sub: Any) -> argparse.ArgumentParser:
                    help="offer K tools per dialog (the one it calls and K-1 others at random) instead of all")
     t.add_argument("--keep-calls-without-answer", action="store_true",
                    help="keep a dialog whose final answer fails its checks, ending with the call")
+    t.add_argument("--unavailable-share", type=float, default=0.0, metavar="P",
+                   help="with --tools-per-dialog: this share of the tool requests is offered other tools only, "
+                        "and the reply says no offered tool does it (teaches when not to call)")
     t.add_argument("--prompts-out", default=None, metavar="FILE",
                    help="also write each dialog's request as a prompt for `herd train rejection-sample "
                         "--verifier tool_call` ({messages, tools, expected_tool_calls})")
@@ -279,6 +282,7 @@ def _tools(args: argparse.Namespace) -> int:
                                                tools_per_dialog=args.tools_per_dialog,
                                                request_templates=templates,
                                                keep_calls_without_answer=args.keep_calls_without_answer,
+                                               unavailable_share=args.unavailable_share,
                                                progress=bar.update)
 
     report = filters.FilterReport()

@@ -17,7 +17,9 @@ call; (3) the result, by running the user's stub implementation with the argumen
 stub that raises drops the dialog: "checked by execution"); (4) the final answer given the result, which must state at least
 one value of the result. The
 dialogs are in `herd train`'s chat format: {"messages": [user, assistant tool_calls, tool, assistant],
-"tools": [...]}, and the requests then go through herd/sdg/filters.py (duplicates, length, language,
+"tools": [...]}; with `tools_per_dialog` each offers a few tools, and with `unavailable_share` some requests
+ask for a tool that is not offered and get a reply saying so, without a call. The requests then go through
+herd/sdg/filters.py (duplicates, length, language,
 decontamination against evaluation sets), each step counted in the summary.
 """
 from __future__ import annotations
@@ -136,6 +138,21 @@ def template_request(tool: ToolDefinition, arguments: dict[str, Any], rng: rando
     return " ".join((opener + body).split())
 
 
+UNAVAILABLE_REPLIES = (
+    "None of the tools I have here can {what}, so I can't do that for you right now.",
+    "I'm sorry, I don't have a tool that can {what}. Is there something else I can help with?",
+    "I can't help with that here: my tools can't {what}.",
+    "That needs a tool to {what}, and I don't have one available in this conversation.",
+)
+
+
+def unavailable_reply(tool: ToolDefinition, rng: random.Random) -> str:
+    """A reply for a request only a tool that is not offered could serve: what it would have done, and no."""
+    what = (tool.description or tool.tool_name.replace("_", " ")).strip().rstrip(".")
+    what = what[:1].lower() + what[1:]
+    return rng.choice(UNAVAILABLE_REPLIES).format(what=what)
+
+
 def read_request_templates(path: str | Path, tools: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     """{tool name: [request template, ...]} from a JSON file; each template's `{param}` placeholders must be
     the tool's properties and name every required one."""
@@ -207,8 +224,10 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
                       index: int, *, tool: ToolDefinition | None, seed: int, temperature: float,
                       result: ToolSDGResult, requests: str = "model",
                       request_templates: dict[str, list[str]] | None = None,
-                      keep_calls_without_answer: bool = False) -> dict[str, Any] | None:
-    """One dialog offering `tools` (`defs`, the same as ToolDefinitions) that calls `tool` (None: no call)."""
+                      keep_calls_without_answer: bool = False, unavailable: bool = False) -> dict[str, Any] | None:
+    """One dialog offering `tools` (`defs`, the same as ToolDefinitions) that calls `tool` (None: no call).
+    `unavailable`: the request is written for `tool`, which is not among the offered ones, and the reply says
+    that no offered tool does it, without a call."""
     import jsonschema
 
     rng = random.Random(seed * 1_000_003 + index)
@@ -252,6 +271,9 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
         return None
     user = {"role": "user", "content": request}
     request_msg = Message("user", request)
+    if unavailable and tool is not None:  # a near miss: the tool it needs is not offered, so no call
+        result.count("unavailable_tool")  # made, not dropped
+        return {"messages": [user, {"role": "assistant", "content": unavailable_reply(tool, rng)}], "tools": tools}
     if tool is None:
         answer = await complete(gen, ChatRequest([request_msg], defs, "none", temperature=0.0, max_tokens=160))
         if not answer.message.content.strip():
@@ -303,10 +325,10 @@ async def make_dialog(gen: Generator, tools: list[dict[str, Any]], defs: list[To
     else:
         failure = None
     if failure is not None:
-        result.count(failure[0], error=failure[1])
-        if keep_calls_without_answer:  # the call is still one to learn: the dialog ends with it
-            result.count("kept_call_only")
+        if keep_calls_without_answer:  # the call is still one to learn: the dialog ends with it (not a drop)
+            result.count("kept_call_only", error=f"{failure[0]}: {failure[1]}")
             return call_only
+        result.count(failure[0], error=failure[1])
         return None
     return {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [tc.to_openai()]},
                          {"role": "tool", "tool_call_id": call_id, "content": content},
@@ -318,7 +340,7 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
                                 concurrency: int = 16, requests: str = "model",
                                 tools_per_dialog: int | None = None,
                                 request_templates: dict[str, list[str]] | None = None,
-                                keep_calls_without_answer: bool = False,
+                                keep_calls_without_answer: bool = False, unavailable_share: float = 0.0,
                                 progress: Callable[[int], None] | None = None) -> ToolSDGResult:
     """n attempted dialogs (see the module docstring); the ones that survive, with counts of the others.
 
@@ -326,39 +348,44 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
     random, in random order; a dialog that needs no tool: any k), not all of them: shorter prompts, and a
     model that learns to pick the right tool among others and to call none when none fits.
     `request_templates` ({tool: [template]}, requests="template"): the tools' own request phrasings.
-    `keep_calls_without_answer`: a dialog whose final answer fails its checks is kept up to the call."""
+    `keep_calls_without_answer`: a dialog whose final answer fails its checks is kept up to the call.
+    `unavailable_share`: of the dialogs that would call a tool, this share offer k other tools instead (the
+    request asks for the missing one; the reply says no offered tool does that): when *not* to call."""
     defs = to_tools(tools)
     if tools_per_dialog is not None and not 1 <= tools_per_dialog:
         raise HerdError("tools_per_dialog must be >= 1")
     missing = [d.tool_name for d in defs if d.tool_name not in stubs]
     if missing:
         raise HerdError(f"no stub implementation for {', '.join(missing)} (define a function of that name in --stubs)")
-    if not 0.0 <= no_tool_share < 1.0:
-        raise HerdError("no_tool_share must be in [0, 1)")
+    if not 0.0 <= no_tool_share < 1.0 or not 0.0 <= unavailable_share < 1.0:
+        raise HerdError("no_tool_share and unavailable_share must be in [0, 1)")
     if requests not in ("model", "template"):
         raise HerdError(f"requests must be 'model' or 'template', got {requests!r}")
     result = ToolSDGResult()
     rng = random.Random(seed)
-    plan: list[tuple[ToolDefinition | None, list[int]]] = []
+    plan: list[tuple[ToolDefinition | None, list[int], bool]] = []
     k = min(tools_per_dialog or len(defs), len(defs))
     for i in range(n):
         tool = None if rng.random() < no_tool_share else i % len(defs)
+        # a near miss: the needed tool is left out (possible only when some tool is left out anyway)
+        missing = tool is not None and k < len(defs) and unavailable_share > 0 and rng.random() < unavailable_share
         others = [j for j in range(len(defs)) if j != tool]
-        offered = ([] if tool is None else [tool]) + rng.sample(others, k - (tool is not None))
+        offered = ([] if tool is None or missing else [tool]) + rng.sample(others, k - (tool is not None
+                                                                                        and not missing))
         if k < len(defs):
             rng.shuffle(offered)
         else:
             offered = list(range(len(defs)))  # all of them, in the file's order
-        plan.append((None if tool is None else defs[tool], offered))
+        plan.append((None if tool is None else defs[tool], offered, missing))
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, tool: ToolDefinition | None, offered: list[int]) -> dict[str, Any] | None:
+    async def one(i: int, tool: ToolDefinition | None, offered: list[int], missing: bool) -> dict[str, Any] | None:
         async with gate:
             try:
                 return await make_dialog(gen, [tools[j] for j in offered], [defs[j] for j in offered], stubs, i,
                                          tool=tool, seed=seed, temperature=temperature, result=result,
                                          requests=requests, request_templates=request_templates,
-                                         keep_calls_without_answer=keep_calls_without_answer)
+                                         keep_calls_without_answer=keep_calls_without_answer, unavailable=missing)
             except HerdError as e:  # e.g. the request does not fit the model's context
                 result.count("model_error", error=str(e))
                 return None
@@ -366,7 +393,7 @@ async def generate_tool_dialogs(gen: Generator, tools: list[dict[str, Any]], stu
                 if progress:
                     progress(1)
 
-    dialogs = await asyncio.gather(*(one(i, t, offered) for i, (t, offered) in enumerate(plan)))
+    dialogs = await asyncio.gather(*(one(i, *p) for i, p in enumerate(plan)))
     result.count("attempted", n)
     result.dialogs = [d for d in dialogs if d is not None]
     result.count("generated", len(result.dialogs))

@@ -35,7 +35,8 @@ step() {  # step NAME COMMAND...: run it, log the command and its wall time
 }
 
 SDG_TOOLS=(sdg tools --tools $R/tools.json --stubs $R/stubs.py --requests template --request-templates $R/requests.json
-           --tools-per-dialog 3 --no-tool-share 0.3 --keep-calls-without-answer --fail-on-contamination --json)
+           --tools-per-dialog 3 --no-tool-share 0.3 --unavailable-share 0.25 --keep-calls-without-answer
+           --fail-on-contamination --json)
 
 step catalog "$PY" $R/check_catalog.py
 step sdg_train $HERD "${SDG_TOOLS[@]}" -n "$N_TRAIN" --seed "$SEED" --out "$OUT/tools_train.jsonl"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,8 @@ def check_run(tmp_path, tools, stubs, n: int, *extra: str) -> tuple[dict, list[d
     assert summary["dialogs"] == len(dialogs)
     gen = summary["generation"]
     assert gen["attempted"] == n
-    dropped = sum(v for k, v in gen.items() if k not in ("attempted", "generated"))
+    dropped = sum(v for k, v in gen.items() if k not in ("attempted", "generated", "kept_call_only",
+                                                          "unavailable_tool"))  # made, not dropped
     assert gen["generated"] + dropped == n
     assert gen["generated"] - sum(summary["filtered"].values()) == len(dialogs)
     assert summary["decontaminated_against"] == ["humaneval", "bfcl"]
@@ -244,15 +246,18 @@ def test_each_dialog_offers_k_tools_and_its_request_comes_from_the_tools_templat
     requests.write_text(json.dumps(REQUESTS))
     r = herd_cli("sdg", "tools", "--tools", str(tools), "--stubs", str(stubs), "-n", "10", "--requests", "template",
                  "--request-templates", str(requests), "--tools-per-dialog", "2", "--keep-calls-without-answer",
-                 "--no-tool-share", "0.3", "--seed", "3", "--out", str(out), "--json",
+                 "--no-tool-share", "0.2", "--unavailable-share", "0.4", "--seed", "3", "--out", str(out), "--json",
                  "--prompts-out", str(tmp_path / "prompts.jsonl"))
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     dialogs = [json.loads(x) for x in out.read_text().splitlines()]
     assert dialogs and summary["dialogs"] == len(dialogs)
-    from herd.sdg.tools import fill_template, template_fields
+    from herd.sdg.tools import UNAVAILABLE_REPLIES, fill_template, template_fields
 
-    calls = 0
+    TOOL_WHAT = {t["function"]["name"]: t["function"]["description"][:1].lower() + t["function"]["description"][1:]
+                 for t in TOOLS}
+
+    calls = unavailable = 0
     for d in dialogs:
         offered = [t["function"]["name"] for t in d["tools"]]
         assert len(offered) == 2 == len(set(offered)) and set(offered) <= set(REQUESTS)
@@ -266,6 +271,14 @@ def test_each_dialog_offers_k_tools_and_its_request_comes_from_the_tools_templat
                                                        if template_fields(t) == set(args)}
         if d["messages"][-1].get("tool_calls"):  # a call kept without its answer
             assert len(d["messages"]) == 2
+        reply = d["messages"][1].get("content") or ""
+        needed = [n for n, ts in REQUESTS.items() for t in ts if template_fields(t) and
+                  re.fullmatch(re.escape(t).replace(r"\{", "{").replace(r"\}", "}").format(
+                      **{f: ".+" for f in template_fields(t)}), d["messages"][0]["content"])]
+        if any(reply == r.format(what=TOOL_WHAT[n]) for n in needed for r in UNAVAILABLE_REPLIES):
+            unavailable += 1  # a near miss: asked for a tool that is not offered, and told so
+            assert not set(needed) & set(offered) and len(d["messages"]) == 2
+    assert 0 < unavailable <= summary["generation"]["unavailable_tool"]  # (the filters may drop some)
     assert calls and summary["generation"]["kept_call_only"] == sum(
         1 for d in dialogs if d["messages"][-1].get("tool_calls"))
     # the same requests as rejection-sampling prompts, scored by the tool_call verifier against their calls
