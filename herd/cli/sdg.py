@@ -260,6 +260,11 @@ def _tools(args: argparse.Namespace) -> int:
     stubs = load_stubs(args.stubs)
     if args.tools_per_dialog is not None and args.tools_per_dialog < 1:
         raise HerdError("--tools-per-dialog must be >= 1")
+    if not 0.0 <= args.unavailable_share < 1.0:
+        raise HerdError("--unavailable-share must be in [0, 1)")
+    if args.unavailable_share and (args.tools_per_dialog is None or args.tools_per_dialog >= len(tools)):
+        raise HerdError("--unavailable-share needs --tools-per-dialog smaller than the number of tools "
+                        f"({len(tools)}): a request's tool can only be missing when some tools are left out")
     if args.request_templates and args.requests != "template":
         raise HerdError("--request-templates needs --requests template")
     templates = read_request_templates(args.request_templates, tools) if args.request_templates else None

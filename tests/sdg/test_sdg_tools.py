@@ -145,6 +145,7 @@ def test_decontamination_flags_a_planted_bfcl_prompt():
 @pytest.mark.parametrize("which, words", [
     ("tools", "cannot read tool definitions"), ("stubs", "no stub implementation for book_table"),
     ("set", "unknown evaluation set 'mmlu'"),
+    ("unavailable", "--unavailable-share needs --tools-per-dialog smaller than the number of tools (3)"),
 ])
 def test_bad_input_is_one_line(files, tmp_path, which, words):
     tools, stubs = files
@@ -153,8 +154,10 @@ def test_bad_input_is_one_line(files, tmp_path, which, words):
         tools.write_text("{not json")
     elif which == "stubs":
         stubs.write_text(STUBS.split("def book_table")[0])
-    else:
+    elif which == "set":
         args += ["--decontaminate", "humaneval,mmlu"]
+    else:
+        args += ["--unavailable-share", "0.2"]
     r = herd_cli(*args)
     assert r.returncode == 2, r.stderr[-2000:]
     assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
