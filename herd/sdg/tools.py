@@ -190,7 +190,9 @@ def _spoken(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, list):
         words = [_spoken(v) for v in value]
-        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else "none"
+        if len(words) < 2:
+            return words[0] if words else "none"
+        return ", ".join(words[:-1]) + " and " + words[-1]
     if isinstance(value, dict):
         return ", ".join(f"{k.replace('_', ' ')} {_spoken(v)}" for k, v in value.items())
     return str(value)

@@ -19,6 +19,7 @@ from herd.serve.metrics import Metrics
 from herd.serve.models import LLMModel
 
 log = logging.getLogger("herd.serve")
+MAX_WARNINGS = 8  # `Warning` header entries per response
 
 if TYPE_CHECKING:
     from herd.safety.shields import ShieldRegistry
@@ -242,7 +243,8 @@ class CallContext:
     admission: Admission | None = None  # the server's; None: no queue bound (tests of single pieces)
     drain: Drain | None = None
     ticket: Ticket | None = None
-    warnings: list[str] = field(default_factory=list)  # sent back in `Warning` headers
+    warnings: list[str] = field(default_factory=list)  # sent back in `Warning` headers (MAX_WARNINGS of them)
+    more_warnings: int = 0  # past MAX_WARNINGS: counted, not sent or logged one by one
     gate: SequenceGate = field(init=False)
     deadline: Deadline = field(init=False)
 
@@ -253,16 +255,21 @@ class CallContext:
     def warn(self, *notes: str) -> None:
         """Tell the client (a `Warning` response header each) and the log about a liberty taken."""
         for note in notes:
-            if note not in self.warnings:
-                log.warning("request %s: %s", self.request_id, note)
-                self.warnings.append(note)
+            if note in self.warnings:
+                continue
+            if len(self.warnings) >= MAX_WARNINGS:  # a request's input sets how many: keep the header small
+                self.more_warnings += 1
+                continue
+            log.warning("request %s: %s", self.request_id, note)
+            self.warnings.append(note)
 
     def headers(self) -> dict[str, str]:
         """The response headers this request has earned (its warnings, RFC 7234 style, joined)."""
         if not self.warnings:
             return {}
+        notes = self.warnings + ([f"and {self.more_warnings} more"] if self.more_warnings else [])
         quoted = (w.encode("ascii", "replace").decode().replace("\\", "\\\\").replace('"', '\\"')
-                  for w in self.warnings)
+                  for w in notes)
         return {"Warning": ", ".join(f'299 herd "{q}"' for q in quoted)}
 
     def track(self, model: str, usage: Usage) -> Usage:

@@ -123,10 +123,11 @@ def forced_call_format(kind: str, tools: Sequence[ToolDefinition], choice: str,
     """
     from herd.engine.structured import satisfiable_schema
 
-    chosen = [t for t in tools if choice == "required" or t.tool_name == choice]
     options, notes = [], []
-    for t in chosen:
-        where = f"tools[{tools.index(t)}] ({t.tool_name}): parameters"
+    for i, t in enumerate(tools):
+        if choice != "required" and t.tool_name != choice:
+            continue
+        where = f"tools[{i}] ({t.tool_name}): parameters"
         params, relaxed = satisfiable_schema(_params_schema(t), where)
         notes += relaxed
         if kind == "llama3":

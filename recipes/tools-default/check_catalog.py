@@ -17,7 +17,6 @@ Each check returns a list of problems (empty when fine), so tests can call them 
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
@@ -392,21 +391,22 @@ def check_templates(tools: list[dict[str, Any]], requests: Any) -> list[str]:
 # ---------------------------------------------------------------- BFCL overlap
 
 def bfcl_data_dir() -> Path | None:
-    """bfcl_eval/data of the installed bfcl-eval package, or None when it is not installed."""
-    spec = importlib.util.find_spec("bfcl_eval")
-    if spec is None or not spec.origin:
+    """bfcl_eval/data of the installed bfcl-eval package (as `herd eval bfcl` finds it), or None."""
+    from herd.errors import HerdError
+    from herd.eval.tasks.bfcl import default_data_dir
+
+    try:
+        path = default_data_dir()
+    except HerdError:
         return None
-    path = Path(spec.origin).parent / "data"
     return path if path.is_dir() else None
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
 def _ngrams(text: str) -> set[tuple[str, ...]]:
-    words = _words(text)
-    return {tuple(words[k:k + NGRAM]) for k in range(len(words) - NGRAM + 1)}
+    from herd.sdg.filters import words  # the words herd sdg's decontamination compares
+
+    w = words(text)
+    return {tuple(w[k:k + NGRAM]) for k in range(len(w) - NGRAM + 1)}
 
 
 def catalog_texts(tools: list[dict[str, Any]], requests: dict[str, list[str]]) -> Iterator[tuple[str, str]]:

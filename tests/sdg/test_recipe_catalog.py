@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from herd.sdg.filters import words
+
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "recipes" / "tools-default"
 
@@ -107,7 +109,7 @@ def test_bfcl_check_catches_a_copied_name_and_description(catalog, bfcl_dir):
     names, texts = cc.bfcl_vocabulary(bfcl_dir)
     copied = copy.deepcopy(tools)
     copied[0]["function"]["name"] = sorted(n for n in names if "." not in n)[0]
-    copied[1]["function"]["description"] = next(t for t in texts if len(cc._words(t)) >= 12)
+    copied[1]["function"]["description"] = next(t for t in texts if len(words(t)) >= 12)
     found = cc.check_bfcl(copied, requests, bfcl_dir)
     assert any("same name as a BFCL function" in p for p in found)
     assert any(p.startswith(copied[1]["function"]["name"] + ": shares") for p in found)

@@ -364,3 +364,16 @@ def test_a_local_context_has_no_request_timeout():
     from herd.serve.generator import local_context
 
     assert local_context().deadline.at == float("inf")
+
+
+def test_warning_headers_are_capped():
+    # a request's tools set how many notes there are: the header names the first ones and counts the rest
+    from herd.serve.generation import MAX_WARNINGS
+    from herd.serve.generator import local_context
+
+    ctx = local_context()
+    assert ctx.headers() == {}
+    ctx.warn(*(f'note "{i}"' for i in range(MAX_WARNINGS + 12)), 'note "0"')
+    header = ctx.headers()["Warning"]
+    assert header.count('299 herd "') == MAX_WARNINGS + 1 and header.startswith('299 herd "note \\"0\\""')
+    assert header.endswith('299 herd "and 12 more"') and f'note \\"{MAX_WARNINGS}\\"' not in header
